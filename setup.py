@@ -1,0 +1,25 @@
+"""prerank: a TensorFlow/Keras training framework for the pre-ranking stage."""
+from setuptools import find_packages, setup
+
+setup(
+    name="prerank",
+    version="0.1.0",
+    description="Two-tower pre-ranking student distilled from an MMoE teacher, driven by a feature-spec YAML.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["trainer", "trainer.*", "serving", "serving.*"]),
+    install_requires=[
+        "tensorflow==2.21.*",
+        "tf-keras==2.21.*",
+        "tensorflow-recommenders==0.7.7",
+        "tensorflow-serving-api==2.21.*",
+        "tf2onnx==1.17.*",
+        "onnxruntime==1.32.*",
+        "numpy==2.4.*",
+        "pyarrow==26.0.*",
+        "PyYAML==6.0.*",
+        "tqdm==4.70.*",
+        "matplotlib==3.11.*",
+    ],
+    extras_require={"test": ["pytest==9.2.*"]},
+    entry_points={"console_scripts": ["prerank=trainer.cli:main"]},
+)

@@ -1,0 +1,531 @@
+"""The feature spec: typed, validated view of a `feature_specs/*.yaml` file.
+
+The spec is the single source of truth for features: the input pipeline,
+the fitted preprocessing, the model inputs and (later) the export signatures
+are all derived from it. `load_spec` reports every problem at once, each with
+the file, line and field path (see `trainer.errors.SpecError`).
+"""
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.errors import SpecError, SpecIssue
+from trainer.located_yaml import Path, load_located_yaml
+from trainer.spec_schema import Field, Reader
+
+KINDS = ("categorical", "sequence", "numeric", "dense_vector")
+SIDES = ("user", "context", "item", "cross", "privileged")
+STUDENT_SIDES = ("user", "context", "item")
+TEACHER_ONLY_SIDES = ("cross", "privileged")
+ID_DTYPES = ("int64", "string")
+POOLINGS = ("mean", "sum", "max")
+VOCAB_SOURCES = ("data", "file", "hash")
+INITIALIZERS = ("uniform", "normal", "truncated_normal", "glorot_uniform", "zeros")
+TRANSFORM_OPS = ("log1p", "zscore", "minmax", "bucketize")
+LABEL_TYPES = ("binary", "regression")
+LABEL_TRANSFORMS = ("none", "log1p")
+FORMATS = ("tfrecord", "csv")
+COMPRESSIONS = ("none", "GZIP")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """How raw ids become table rows."""
+
+    source: str  # "data": fitted by `prerank analyze`; "file": one id per line; "hash": hashing
+    min_count: int = 1  # data: ids seen fewer times go to the OOV bucket
+    max_size: int | None = None  # data: keep only the most frequent ids
+    path: str | None = None  # file: absolute path of the vocabulary file
+    buckets: int | None = None  # hash: number of hash buckets
+    oov_buckets: int = 1  # data/file: rows for out-of-vocabulary ids (hashed among them)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """An embedding table; features naming the same table share its rows."""
+
+    table: str
+    dim: int
+    initializer: str = "uniform"
+
+
+@dataclass(frozen=True)
+class TransformStep:
+    """One step of a numeric transform; `bucketize` (last only) yields bucket ids."""
+
+    op: str
+    boundaries: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input, read from one column (or, for crosses, several)."""
+
+    name: str
+    kind: str
+    side: str
+    columns: tuple[str, ...]  # source column(s); several only for a hashed cross
+    dtype: str = "float32"  # int64 / string for ids, float32 for numeric and vectors
+    vocabulary: Vocabulary | None = None
+    embedding: Embedding | None = None
+    max_length: int | None = None  # sequence: keep at most this many ids
+    keep: str = "last"  # sequence: keep the "last" (most recent) or "first" ids
+    pooling: str = "mean"  # sequence: how embedded ids are pooled
+    transforms: tuple[TransformStep, ...] = ()
+    default: Any = None  # value used when a record lacks the column; None = required
+    dim: int | None = None  # dense_vector length
+    cardinality: int | None = None  # expected distinct ids; used by the synthetic generator
+
+    @property
+    def is_cross(self) -> bool:
+        return len(self.columns) > 1
+
+    @property
+    def is_id(self) -> bool:
+        """True when the feature yields table rows (ids, sequences, bucketized numbers)."""
+        return self.embedding is not None
+
+    @property
+    def bucketized(self) -> bool:
+        return bool(self.transforms) and self.transforms[-1].op == "bucketize"
+
+
+@dataclass(frozen=True)
+class Label:
+    """A training target."""
+
+    name: str
+    column: str
+    type: str  # binary (0/1) or regression
+    transform: str = "none"  # regression only: applied to the target before the loss
+    weight: float = 1.0  # weight of this task's loss
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the spec's data lives; globs are resolved against the spec's folder."""
+
+    format: str = "tfrecord"
+    compression: str = "none"
+    train: str | None = None
+    validation: str | None = None
+    eval: str | None = None
+    list_delimiter: str = "|"  # csv: separates sequence ids and vector values inside a cell
+
+
+@dataclass(frozen=True)
+class Table:
+    """An embedding table with the features that share it."""
+
+    name: str
+    dim: int
+    initializer: str
+    dtype: str
+    vocabulary: Vocabulary
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated feature spec."""
+
+    name: str
+    path: str
+    fingerprint: str
+    features: tuple[Feature, ...]
+    labels: tuple[Label, ...]
+    sample_weight: str | None = None
+    group_key: tuple[str, ...] = ()
+    data: DataSource = field(default_factory=DataSource)
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"spec {self.path} has no feature '{name}'")
+
+    def features_on(self, *sides: str) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if f.side in sides)
+
+    @property
+    def tables(self) -> dict[str, Table]:
+        """Embedding tables in first-use order."""
+        out: dict[str, Table] = {}
+        for f in self.features:
+            if f.embedding is None:
+                continue
+            t = out.get(f.embedding.table)
+            members = (t.features if t else ()) + (f.name,)
+            vocab = f.vocabulary or Vocabulary(source="bucketize", oov_buckets=0)
+            out[f.embedding.table] = Table(f.embedding.table, f.embedding.dim, f.embedding.initializer,
+                                           f.dtype, vocab, members)
+        return out
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the pipeline reads: features, labels, weight, group key."""
+        cols: list[str] = []
+        for c in [c for f in self.features for c in f.columns] + [l.column for l in self.labels] \
+                + ([self.sample_weight] if self.sample_weight else []) + list(self.group_key):
+            if c not in cols:
+                cols.append(c)
+        return tuple(cols)
+
+
+_TOP = (
+    Field("name", (str,), required=True, doc="spec name"),
+    Field("description", (str,), default=""),
+    Field("data", (dict,), default=None, doc="where the data lives"),
+    Field("features", (list,), required=True, doc="list of features"),
+    Field("labels", (list,), required=True, doc="list of labels (tasks)"),
+    Field("sample_weight", (str, type(None)), default=None, doc="column with per-example weights"),
+    Field("group_key", (list, str), default=None, doc="columns grouping examples, e.g. [user_id, date]"),
+)
+_DATA = (
+    Field("format", (str,), default="tfrecord", choices=FORMATS),
+    Field("compression", (str,), default="none", choices=COMPRESSIONS),
+    Field("train", (str,), default=None), Field("validation", (str,), default=None),
+    Field("eval", (str,), default=None), Field("list_delimiter", (str,), default="|"),
+)
+_FEATURE = (
+    Field("name", (str,), required=True, doc="unique feature name"),
+    Field("kind", (str,), required=True, choices=KINDS, doc="one of " + ", ".join(KINDS)),
+    Field("side", (str,), required=True, choices=SIDES, doc="one of " + ", ".join(SIDES)),
+    Field("source", (str,), default=None, doc="column name; defaults to the feature name"),
+    Field("cross_of", (list,), default=None, doc="columns hashed together into one id"),
+    Field("dtype", (str,), default=None, choices=ID_DTYPES),
+    Field("vocabulary", (dict,), default=None, doc="how ids map to rows"),
+    Field("embedding", (dict,), default=None, doc="table, dim, initializer"),
+    Field("max_length", (int,), default=None, doc="sequence: max ids kept"),
+    Field("keep", (str,), default="last", choices=("last", "first")),
+    Field("pooling", (str,), default="mean", choices=POOLINGS),
+    Field("transform", (list, str), default=None, doc="numeric transform steps"),
+    Field("default", (int, float, str), default=None, doc="value for records lacking the column"),
+    Field("dim", (int,), default=None, doc="dense_vector length"),
+    Field("cardinality", (int,), default=None, doc="expected distinct ids (synthetic data)"),
+)
+_VOCAB = (
+    Field("source", (str,), required=True, choices=VOCAB_SOURCES, doc="data, file or hash"),
+    Field("min_count", (int,), default=1), Field("max_size", (int, type(None)), default=None),
+    Field("path", (str,), default=None), Field("buckets", (int,), default=None),
+    Field("oov_buckets", (int,), default=1),
+)
+_EMBEDDING = (
+    Field("table", (str,), default=None, doc="table name; defaults to the feature name"),
+    Field("dim", (int,), required=True, doc="embedding dimension"),
+    Field("initializer", (str,), default="uniform", choices=INITIALIZERS),
+)
+_LABEL = (
+    Field("name", (str,), required=True, doc="task name"),
+    Field("column", (str,), default=None, doc="source column; defaults to the name"),
+    Field("type", (str,), required=True, choices=LABEL_TYPES, doc="binary or regression"),
+    Field("transform", (str,), default="none", choices=LABEL_TRANSFORMS),
+    Field("weight", (float,), default=1.0),
+)
+
+
+def load_spec(path: str) -> Spec:
+    """Read and validate a spec file; raise SpecError listing every problem."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SpecError([_issue(path, f"cannot read spec file: {exc.strerror}")]) from None
+    return parse_spec(text, path)
+
+
+def parse_spec(text: str, path: str) -> Spec:
+    """Validate spec `text` read from `path` (used for messages and relative paths)."""
+    doc = load_located_yaml(text, path)
+    r = Reader(doc)
+    base = os.path.dirname(os.path.abspath(path))
+    top = r.read_mapping(doc.data if doc.data is not None else {}, (), _TOP)
+    if top is None:
+        raise SpecError(r.issues)
+    data = _read_data(r, top["data"], base)
+    features = [f for i, raw in enumerate(top["features"] or []) if (f := _read_feature(r, raw, ("features", i), base))]
+    labels = [l for i, raw in enumerate(top["labels"] or []) if (l := _read_label(r, raw, ("labels", i)))]
+    group_key = top["group_key"]
+    if isinstance(group_key, str):
+        group_key = [group_key]
+    for i, col in enumerate(group_key or []):
+        r.check_value(col, ("group_key", i), (str,))
+    spec = Spec(name=top["name"] or "", path=os.path.abspath(path),
+                fingerprint=hashlib.sha256(text.encode()).hexdigest()[:16],
+                features=tuple(features), labels=tuple(labels), sample_weight=top["sample_weight"],
+                group_key=tuple(c for c in group_key or [] if isinstance(c, str)), data=data)
+    _check_cross_references(r, spec, top)
+    if r.issues:
+        raise SpecError(r.issues)
+    return spec
+
+
+def _issue(path: str, message: str) -> SpecIssue:
+    return SpecIssue(path, None, "<file>", message)
+
+
+def _read_data(r: Reader, raw: Any, base: str) -> DataSource:
+    if raw is None:
+        return DataSource()
+    d = r.read_mapping(raw, ("data",), _DATA)
+    if d is None:
+        return DataSource()
+    resolve = lambda g: None if g is None else os.path.normpath(os.path.join(base, g))  # noqa: E731
+    return DataSource(format=d["format"] or "tfrecord", compression=d["compression"] or "none",
+                      train=resolve(d["train"]), validation=resolve(d["validation"]), eval=resolve(d["eval"]),
+                      list_delimiter=d["list_delimiter"] or "|")
+
+
+def _read_feature(r: Reader, raw: Any, path: Path, base: str) -> Feature | None:
+    d = r.read_mapping(raw, path, _FEATURE)
+    if d is None or not d["name"] or not d["kind"] or not d["side"]:
+        return None
+    kind, n_issues = d["kind"], len(r.issues)
+    columns = _read_columns(r, d, path, kind)
+
+    def forbid(*keys: str) -> None:
+        for k in keys:
+            if isinstance(raw, dict) and k in raw:
+                r.error(path + (k,), f"not allowed for a {kind} feature")
+
+    def need(key: str, what: str) -> None:
+        if d[key] is None:
+            r.error(path, f"missing required field '{key}' for a {kind} feature ({what})")
+
+    vocabulary = embedding = None
+    transforms: tuple[TransformStep, ...] = ()
+    dtype = "float32"
+    if kind in ("categorical", "sequence"):
+        need("dtype", "int64 or string")
+        need("vocabulary", "{source: data|file|hash, ...}")
+        need("embedding", "{table, dim, initializer}")
+        forbid("transform", "dim")
+        dtype = d["dtype"] or "int64"
+        vocabulary = _read_vocabulary(r, d["vocabulary"], path + ("vocabulary",), base)
+        embedding = _read_embedding(r, d["embedding"], path + ("embedding",), d["name"])
+        if kind == "sequence":
+            need("max_length", "a positive integer")
+            forbid("cross_of", "default")
+        else:
+            forbid("max_length", "keep", "pooling")
+        if columns and len(columns) > 1 and vocabulary and vocabulary.source != "hash":
+            r.error(path + ("vocabulary", "source"), "a cross_of feature must use source: hash")
+    elif kind == "numeric":
+        forbid("dtype", "vocabulary", "max_length", "keep", "pooling", "dim", "cross_of", "cardinality")
+        transforms = _read_transforms(r, d["transform"], path + ("transform",))
+        if transforms and transforms[-1].op == "bucketize":
+            need("embedding", "bucketized numbers are embedded: {table, dim}")
+            embedding = _read_embedding(r, d["embedding"], path + ("embedding",), d["name"])
+        else:
+            forbid("embedding")
+    else:  # dense_vector
+        forbid("dtype", "vocabulary", "embedding", "max_length", "keep", "pooling", "transform", "cross_of",
+               "cardinality", "default")
+        need("dim", "vector length")
+    for key in ("max_length", "dim", "cardinality"):
+        if d[key] is not None and d[key] <= 0:
+            r.error(path + (key,), f"expected a positive integer, got {d[key]}")
+    default = d["default"]
+    if default is not None and kind == "numeric" and isinstance(default, str):
+        r.error(path + ("default",), f"expected a number for a numeric feature, got {default!r}")
+    if default is not None and kind == "categorical":
+        want = str if dtype == "string" else int
+        if not isinstance(default, want) or isinstance(default, bool):
+            r.error(path + ("default",), f"expected {'a string' if want is str else 'an integer'} "
+                                         f"(the feature's dtype is {dtype}), got {default!r}")
+    if len(r.issues) > n_issues or columns is None:
+        return None
+    return Feature(name=d["name"], kind=kind, side=d["side"], columns=columns, dtype=dtype,
+                   vocabulary=vocabulary, embedding=embedding, max_length=d["max_length"], keep=d["keep"],
+                   pooling=d["pooling"], transforms=transforms,
+                   default=float(default) if kind == "numeric" and default is not None else default,
+                   dim=d["dim"], cardinality=d["cardinality"])
+
+
+def _read_columns(r: Reader, d: dict, path: Path, kind: str) -> tuple[str, ...] | None:
+    if d["cross_of"] is not None:
+        if d["source"] is not None:
+            r.error(path + ("source",), "give either source or cross_of, not both")
+        cols = [r.check_value(c, path + ("cross_of", i), (str,)) for i, c in enumerate(d["cross_of"])]
+        if len(cols) < 2:
+            r.error(path + ("cross_of",), "expected a list of at least two columns")
+            return None
+        if kind != "categorical":
+            r.error(path + ("cross_of",), "only categorical features can be crosses")
+        return tuple(c for c in cols if c)
+    return (d["source"] or d["name"],)
+
+
+def _read_vocabulary(r: Reader, raw: Any, path: Path, base: str) -> Vocabulary | None:
+    if raw is None:
+        return None
+    d = r.read_mapping(raw, path, _VOCAB)
+    if d is None or d["source"] is None:
+        return None
+    src = d["source"]
+    allowed = {"data": {"source", "min_count", "max_size", "oov_buckets"},
+               "file": {"source", "path", "oov_buckets"}, "hash": {"source", "buckets"}}[src]
+    for key in raw:
+        if key not in allowed and key in {f.name for f in _VOCAB}:
+            r.error(path + (key,), f"not used with source: {src} (allowed: {', '.join(sorted(allowed))})")
+    file_path = None
+    if src == "file":
+        if not d["path"]:
+            r.error(path, "missing required field 'path' for source: file")
+        else:
+            file_path = os.path.normpath(os.path.join(base, d["path"]))
+            if not os.path.isfile(file_path):
+                r.error(path + ("path",), f"vocabulary file not found: {file_path}")
+    if src == "hash" and not d["buckets"]:
+        r.error(path, "missing required field 'buckets' for source: hash (a positive integer)")
+    for key in ("min_count", "buckets"):
+        if d[key] is not None and d[key] <= 0:
+            r.error(path + (key,), f"expected a positive integer, got {d[key]}")
+    if d["max_size"] is not None and d["max_size"] <= 0:
+        r.error(path + ("max_size",), f"expected a positive integer, got {d['max_size']}")
+    if d["oov_buckets"] is not None and d["oov_buckets"] < 1 and src != "hash":
+        r.error(path + ("oov_buckets",), f"expected at least 1 (unseen ids need a row), got {d['oov_buckets']}")
+    return Vocabulary(source=src, min_count=d["min_count"], max_size=d["max_size"], path=file_path,
+                      buckets=d["buckets"], oov_buckets=0 if src == "hash" else d["oov_buckets"])
+
+
+def _read_embedding(r: Reader, raw: Any, path: Path, feature_name: str) -> Embedding | None:
+    if raw is None:
+        return None
+    d = r.read_mapping(raw, path, _EMBEDDING)
+    if d is None or d["dim"] is None:
+        return None
+    if d["dim"] <= 0:
+        r.error(path + ("dim",), f"expected a positive integer, got {d['dim']}")
+    return Embedding(table=d["table"] or feature_name, dim=d["dim"], initializer=d["initializer"])
+
+
+def _read_transforms(r: Reader, raw: Any, path: Path) -> tuple[TransformStep, ...]:
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    steps: list[TransformStep] = []
+    for i, item in enumerate(items):
+        p = path if isinstance(raw, str) else path + (i,)
+        if isinstance(item, str):
+            if item not in TRANSFORM_OPS or item == "bucketize":
+                r.error(p, f"expected one of log1p, zscore, minmax or {{bucketize: [boundaries]}}, got {item!r}")
+                continue
+            steps.append(TransformStep(item))
+        elif isinstance(item, dict) and list(item) == ["bucketize"]:
+            bounds = item["bucketize"]
+            if not isinstance(bounds, list) or not bounds or not all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+                r.error(p + ("bucketize",), f"expected a non-empty list of numbers, got {bounds!r}")
+                continue
+            if any(lo >= hi for lo, hi in zip(bounds, bounds[1:])):
+                r.error(p + ("bucketize",), f"boundaries must be strictly increasing, got {bounds}")
+                continue
+            steps.append(TransformStep("bucketize", tuple(float(b) for b in bounds)))
+        else:
+            r.error(p, f"expected one of log1p, zscore, minmax or {{bucketize: [boundaries]}}, got {item!r}")
+    ops = [s.op for s in steps]
+    if "bucketize" in ops[:-1]:
+        r.error(path, "bucketize must be the last transform step")
+    if sum(op in ("zscore", "minmax") for op in ops) > 1:
+        r.error(path, "at most one of zscore / minmax")
+    return tuple(steps)
+
+
+def _read_label(r: Reader, raw: Any, path: Path) -> Label | None:
+    d = r.read_mapping(raw, path, _LABEL)
+    if d is None or not d["name"] or not d["type"]:
+        return None
+    if d["type"] == "binary" and d["transform"] not in (None, "none"):
+        r.error(path + ("transform",), "a binary label takes no transform")
+    return Label(name=d["name"], column=d["column"] or d["name"], type=d["type"],
+                 transform=d["transform"] or "none", weight=1.0 if d["weight"] is None else d["weight"])
+
+
+def _check_cross_references(r: Reader, spec: Spec, top: dict) -> None:
+    raw_pos = {}  # feature name -> its list index in the YAML (first occurrence)
+    for i, raw in enumerate(top["features"] or []):
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            raw_pos.setdefault(raw["name"], i)
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(top["features"] or []):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                r.error(("features", i, "name"), f"duplicate feature name '{name}' (first at features[{seen[name]}])")
+            seen.setdefault(name, i)
+    label_seen: dict[str, int] = {}
+    for i, raw in enumerate(top["labels"] or []):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str):
+            if name in label_seen:
+                r.error(("labels", i, "name"), f"duplicate label name '{name}' (first at labels[{label_seen[name]}])")
+            label_seen.setdefault(name, i)
+            if name in seen:
+                r.error(("labels", i, "name"), f"label name '{name}' is also a feature name")
+
+    def fpath(f: Feature, *rest: str | int) -> Path:
+        return ("features", raw_pos.get(f.name, 0)) + rest
+
+    # Shared tables must agree on everything that shapes the table.
+    first: dict[str, Feature] = {}
+    for f in spec.features:
+        if f.embedding is None:
+            continue
+        owner = first.setdefault(f.embedding.table, f)
+        if owner is f:
+            continue
+        for what, a, b, key in (("dimension", owner.embedding.dim, f.embedding.dim, ("embedding", "dim")),
+                                ("initializer", owner.embedding.initializer, f.embedding.initializer,
+                                 ("embedding", "initializer")),
+                                ("dtype", owner.dtype, f.dtype, ("dtype",)),
+                                ("vocabulary", owner.vocabulary, f.vocabulary, ("vocabulary",)),
+                                ("bucket boundaries", owner.transforms, f.transforms, ("transform",))):
+            if a != b:
+                r.error(fpath(f, *key), f"shares table '{f.embedding.table}' with feature '{owner.name}' "
+                                        f"but disagrees on {what}: {_show(b)} here, {_show(a)} there")
+    # A column read by several features must be typed and defaulted the same way.
+    column_owner: dict[str, Feature] = {}
+    for f in spec.features:
+        for c in f.columns:
+            owner = column_owner.setdefault(c, f)
+            shape = lambda x: {"sequence": "list", "dense_vector": "vector"}.get(x.kind, "scalar")  # noqa: E731
+            if owner is not f and (owner.dtype, shape(owner), owner.default) != (f.dtype, shape(f), f.default):
+                r.error(fpath(f, "source"), f"column '{c}' is also read by feature '{owner.name}' with another "
+                                            f"dtype, shape or default ({f.dtype}/{shape(f)}/default={f.default!r} "
+                                            f"here, {owner.dtype}/{shape(owner)}/default={owner.default!r} there)")
+    # Crosses and offline-only columns never reach the student.
+    privileged_cols = {c: f.name for f in spec.features if f.side == "privileged" for c in f.columns}
+    for f in spec.features:
+        if f.side not in STUDENT_SIDES:
+            continue
+        if f.is_cross:
+            r.error(fpath(f, "side"), f"a student tower ({f.side}) would see cross feature '{f.name}'; "
+                                      "crosses must have side: cross")
+        for c in f.columns:
+            if c in privileged_cols:
+                r.error(fpath(f, "source"), f"a student tower ({f.side}) would see column '{c}', which is "
+                                            f"offline-only (read by privileged feature '{privileged_cols[c]}')")
+    # Labels and weights are targets, never inputs.
+    feature_cols = {c: f.name for f in spec.features for c in f.columns}
+    for i, label in enumerate(spec.labels):
+        if label.column in feature_cols:
+            r.error(("labels", i, "column"), f"label column '{label.column}' is also read by feature "
+                                             f"'{feature_cols[label.column]}' (the label would leak into inputs)")
+    if spec.sample_weight and spec.sample_weight in feature_cols:
+        r.error(("sample_weight",), f"sample weight column '{spec.sample_weight}' is also a feature column")
+    if spec.features and not spec.features_on("user", "context"):
+        r.error(("features",), "the student's user tower needs at least one user or context feature")
+    if spec.features and not spec.features_on("item"):
+        r.error(("features",), "the student's item tower needs at least one item feature")
+    if not (top["labels"] or []):
+        r.error(("labels",), "expected at least one label")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Vocabulary):
+        parts = [f"source={value.source}"] + [f"{k}={v}" for k, v in vars(value).items()
+                                              if k != "source" and v not in (None,)]
+        return "{" + ", ".join(parts) + "}"
+    return repr(value)
