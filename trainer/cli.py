@@ -1,0 +1,144 @@
+"""The `prerank` command line."""
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO/WARNING lines off the console
+
+import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
+from trainer.errors import DataError, SpecError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def run_reporting_errors(job: Callable[[], object]) -> int:
+    """Run `job`; print spec/data errors plainly and return 2 instead of a traceback."""
+    try:
+        job()
+    except SpecError as exc:
+        print(f"{len(exc.issues)} error(s) in the spec:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DataError as exc:
+        print(f"data error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from trainer.spec import load_spec
+    from trainer.summary import spec_table
+    print(spec_table(load_spec(args.spec)))
+
+
+def _convert_kuairand(args: argparse.Namespace) -> None:
+    from trainer.kuairand import convert_kuairand
+    result = convert_kuairand(args.src, args.out, fmt=args.format, shards_per_date=args.shards_per_date,
+                              compression=args.compression)
+    for date, n in result.rows_per_date.items():
+        print(f"date={date}: {n} rows")
+    print(f"{sum(result.rows_per_date.values())} rows, {len(result.columns)} columns, {len(result.files)} files "
+          f"-> {args.out}")
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from trainer.analyze import analyze
+    from trainer.spec import load_spec
+    spec = load_spec(args.spec)
+    data = args.data or spec.data.train
+    if not data:
+        raise DataError(f"{args.spec}: no data to analyze: give --data or set data.train in the spec")
+    fitted = analyze(spec, data)
+    path = fitted.save(args.out)
+    for table, ids in fitted.vocabularies.items():
+        print(f"vocabulary {table}: {len(ids)} ids")
+    for name, s in fitted.stats.items():
+        print(f"stats {name}: mean {s.mean:.4g} std {s.std:.4g} min {s.min:.4g} max {s.max:.4g}")
+    print(f"fitted on {fitted.rows} rows -> {path}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from trainer.input import InputConfig, make_pipeline
+    from trainer.spec import load_spec
+    from trainer.summary import batch_table
+    spec = load_spec(args.spec)
+    data = args.data or spec.data.train
+    if not data:
+        raise DataError(f"{args.spec}: give --data or set data.train in the spec")
+    config = InputConfig(batch_size=args.batch_size, skip_corrupt=args.skip_corrupt)
+    pipeline = make_pipeline(spec, data, config, fmt=args.format)
+    for batch in pipeline:
+        print(batch_table(batch))
+        break
+    for s in pipeline.skipped:
+        print(f"skipped: {s}")
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from trainer.spec import load_spec
+    from trainer.synthetic import generate
+    result = generate(load_spec(args.spec), args.rows, args.out, fmt=args.format, n_shards=args.shards,
+                      seed=args.seed)
+    print(f"{result.n_rows} rows in {len(result.files)} files -> {args.out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from trainer.task import run
+    run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainer.task import add_arguments as add_train_arguments
+    parser = argparse.ArgumentParser(prog="prerank", description="Pre-ranking training framework.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate a spec and print its summary table (exit 2 on errors)")
+    p.add_argument("spec")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("convert-kuairand", help="convert the KuaiRand parquet files to tf.Example shards by date")
+    p.add_argument("--src", default="data/kuairand", help="folder with the KuaiRand parquet files")
+    p.add_argument("--out", default="out/kuairand/tfrecord", help="output folder (date=YYYYMMDD/part-*)")
+    p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord")
+    p.add_argument("--compression", choices=("GZIP", "none"), default="GZIP")
+    p.add_argument("--shards-per-date", type=int, default=2)
+    p.set_defaults(func=_convert_kuairand)
+
+    p = sub.add_parser("analyze", help="fit vocabularies and normalisation statistics on training data")
+    p.add_argument("spec")
+    p.add_argument("--data", help="files glob (default: the spec's data.train)")
+    p.add_argument("--out", required=True, help="folder for preprocessing.json and vocab/")
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("inspect", help="run the input pipeline and print one batch")
+    p.add_argument("spec")
+    p.add_argument("--data", help="files glob (default: the spec's data.train)")
+    p.add_argument("--format", choices=("tfrecord", "csv"), help="default: the spec's data.format")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--skip-corrupt", action="store_true")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("synth", help="generate synthetic data from a spec")
+    p.add_argument("spec")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord")
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("train", help="the training job (same as python -m trainer.task)")
+    add_train_arguments(p)
+    p.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
