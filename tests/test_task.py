@@ -1,0 +1,65 @@
+"""The command line and the training job's data pass, on a slice of the real KuaiRand data."""
+import trainer  # noqa: F401  (legacy Keras before TensorFlow)
+
+import json
+import os
+
+import pytest
+
+from trainer.cli import main
+from trainer.kuairand import convert_kuairand
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(REPO, "feature_specs", "kuairand.yaml")
+
+
+@pytest.fixture(scope="module")
+def kuairand_slice(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kuairand")
+    convert_kuairand(os.path.join(REPO, "data", "kuairand"), str(out), shards_per_date=1, max_rows=3000)
+    return str(out)
+
+
+def test_validate_prints_the_summary_table(capsys):
+    assert main(["validate", SPEC]) == 0
+    out = capsys.readouterr().out
+    assert "feature" in out and "transform" in out
+    assert any(line.split()[:4] == ["watch_seq", "sequence", "user", "video"] for line in out.splitlines())
+    assert any(line.split()[:3] == ["stat_play_cnt", "numeric", "privileged"] for line in out.splitlines())
+
+
+def test_validate_bad_spec_lists_every_error_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfeatures:\n  - {name: a, kind: numeric, side: user}\n"
+                   "  - {name: b, kind: numeric, side: item, colour: red}\nlabels: [{name: y, type: maybe}]\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4: features[1].colour: unknown key" in err
+    assert f"{bad}:5: labels[0].type: expected one of binary, regression, got 'maybe'" in err
+
+
+def test_train_job_fits_preprocessing_then_reuses_it(kuairand_slice, tmp_path, capsys):
+    model_dir = str(tmp_path / "model")
+    data = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz")
+    assert main(["train", SPEC, "--model-dir", model_dir, "--data", data, "--batch-size", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "read 3000 rows" in out and "label:click" in out
+    with open(os.path.join(model_dir, "preprocessing", "preprocessing.json")) as fh:
+        meta = json.load(fh)
+    assert meta["rows"] == 3000 and meta["tables"]["video"]["size"] > 100
+    os.utime(os.path.join(model_dir, "preprocessing", "preprocessing.json"), (0, 0))
+    assert main(["train", SPEC, "--model-dir", model_dir, "--data", data]) == 0
+    assert os.path.getmtime(os.path.join(model_dir, "preprocessing", "preprocessing.json")) == 0  # reused
+
+
+def test_train_job_reports_data_errors_and_exits_2(tmp_path, capsys):
+    missing = str(tmp_path / "nothing" / "*.tfrecord.gz")
+    assert main(["train", SPEC, "--model-dir", str(tmp_path / "m"), "--data", missing]) == 2
+    assert f"data error: no files match {missing}" in capsys.readouterr().err
+
+
+def test_task_module_runs_the_same_job(kuairand_slice, tmp_path, capsys):
+    from trainer.task import main as task_main
+    data = os.path.join(kuairand_slice, "date=20220425", "*.tfrecord.gz")
+    assert task_main([SPEC, "--model-dir", str(tmp_path / "m"), "--data", data]) == 0
+    assert "read" in capsys.readouterr().out
