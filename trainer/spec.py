@@ -244,8 +244,11 @@ def parse_spec(text: str, path: str) -> Spec:
     if top is None:
         raise SpecError(r.issues)
     data = _read_data(r, top["data"], base)
-    features = [f for i, raw in enumerate(top["features"] or []) if (f := _read_feature(r, raw, ("features", i), base))]
-    labels = [l for i, raw in enumerate(top["labels"] or []) if (l := _read_label(r, raw, ("labels", i)))]
+    read = [(i, f) for i, raw in enumerate(top["features"] or [])
+            if (f := _read_feature(r, raw, ("features", i), base))]
+    features = [f for _, f in read]
+    read_labels = [(i, l) for i, raw in enumerate(top["labels"] or []) if (l := _read_label(r, raw, ("labels", i)))]
+    labels = [l for _, l in read_labels]
     group_key = top["group_key"]
     if isinstance(group_key, str):
         group_key = [group_key]
@@ -255,7 +258,7 @@ def parse_spec(text: str, path: str) -> Spec:
                 fingerprint=hashlib.sha256(text.encode()).hexdigest()[:16],
                 features=tuple(features), labels=tuple(labels), sample_weight=top["sample_weight"],
                 group_key=tuple(c for c in group_key or [] if isinstance(c, str)), data=data)
-    _check_cross_references(r, spec, top)
+    _check_cross_references(r, spec, top, positions={id(x): i for i, x in read + read_labels})
     if r.issues:
         raise SpecError(r.issues)
     return spec
@@ -291,7 +294,7 @@ def _read_feature(r: Reader, raw: Any, path: Path, base: str) -> Feature | None:
 
     def need(key: str, what: str) -> None:
         if d[key] is None:
-            r.error(path, f"missing required field '{key}' for a {kind} feature ({what})")
+            r.error(path + (key,), f"missing required field '{key}' for a {kind} feature ({what})")
 
     vocabulary = embedding = None
     transforms: tuple[TransformStep, ...] = ()
@@ -372,13 +375,13 @@ def _read_vocabulary(r: Reader, raw: Any, path: Path, base: str) -> Vocabulary |
     file_path = None
     if src == "file":
         if not d["path"]:
-            r.error(path, "missing required field 'path' for source: file")
+            r.error(path + ("path",), "missing required field 'path' for source: file")
         else:
             file_path = os.path.normpath(os.path.join(base, d["path"]))
             if not os.path.isfile(file_path):
                 r.error(path + ("path",), f"vocabulary file not found: {file_path}")
     if src == "hash" and not d["buckets"]:
-        r.error(path, "missing required field 'buckets' for source: hash (a positive integer)")
+        r.error(path + ("buckets",), "missing required field 'buckets' for source: hash (a positive integer)")
     for key in ("min_count", "buckets"):
         if d[key] is not None and d[key] <= 0:
             r.error(path + (key,), f"expected a positive integer, got {d[key]}")
@@ -443,11 +446,9 @@ def _read_label(r: Reader, raw: Any, path: Path) -> Label | None:
                  transform=d["transform"] or "none", weight=1.0 if d["weight"] is None else d["weight"])
 
 
-def _check_cross_references(r: Reader, spec: Spec, top: dict) -> None:
-    raw_pos = {}  # feature name -> its list index in the YAML (first occurrence)
-    for i, raw in enumerate(top["features"] or []):
-        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-            raw_pos.setdefault(raw["name"], i)
+def _check_cross_references(r: Reader, spec: Spec, top: dict, positions: dict[int, int]) -> None:
+    """Checks across features and labels; `positions` maps id(feature or label) to its YAML list index."""
+    raw_features = [raw if isinstance(raw, dict) else {} for raw in top["features"] or []]
     seen: dict[str, int] = {}
     for i, raw in enumerate(top["features"] or []):
         name = raw.get("name") if isinstance(raw, dict) else None
@@ -466,7 +467,12 @@ def _check_cross_references(r: Reader, spec: Spec, top: dict) -> None:
                 r.error(("labels", i, "name"), f"label name '{name}' is also a feature name")
 
     def fpath(f: Feature, *rest: str | int) -> Path:
-        return ("features", raw_pos.get(f.name, 0)) + rest
+        return ("features", positions[id(f)]) + rest
+
+    def column_path(f: Feature) -> Path:
+        """The key that names the feature's column(s): cross_of, source, or (by default) name."""
+        raw = raw_features[positions[id(f)]]
+        return fpath(f, next((k for k in ("cross_of", "source") if k in raw), "name"))
 
     # Shared tables must agree on everything that shapes the table.
     first: dict[str, Feature] = {}
@@ -492,9 +498,9 @@ def _check_cross_references(r: Reader, spec: Spec, top: dict) -> None:
             owner = column_owner.setdefault(c, f)
             shape = lambda x: {"sequence": "list", "dense_vector": "vector"}.get(x.kind, "scalar")  # noqa: E731
             if owner is not f and (owner.dtype, shape(owner), owner.default) != (f.dtype, shape(f), f.default):
-                r.error(fpath(f, "source"), f"column '{c}' is also read by feature '{owner.name}' with another "
-                                            f"dtype, shape or default ({f.dtype}/{shape(f)}/default={f.default!r} "
-                                            f"here, {owner.dtype}/{shape(owner)}/default={owner.default!r} there)")
+                r.error(column_path(f), f"column '{c}' is also read by feature '{owner.name}' with another "
+                                        f"dtype, shape or default ({f.dtype}/{shape(f)}/default={f.default!r} "
+                                        f"here, {owner.dtype}/{shape(owner)}/default={owner.default!r} there)")
     # Crosses and offline-only columns never reach the student.
     privileged_cols = {c: f.name for f in spec.features if f.side == "privileged" for c in f.columns}
     for f in spec.features:
@@ -505,19 +511,25 @@ def _check_cross_references(r: Reader, spec: Spec, top: dict) -> None:
                                       "crosses must have side: cross")
         for c in f.columns:
             if c in privileged_cols:
-                r.error(fpath(f, "source"), f"a student tower ({f.side}) would see column '{c}', which is "
-                                            f"offline-only (read by privileged feature '{privileged_cols[c]}')")
+                r.error(column_path(f), f"a student tower ({f.side}) would see column '{c}', which is "
+                                        f"offline-only (read by privileged feature '{privileged_cols[c]}')")
     # Labels and weights are targets, never inputs.
     feature_cols = {c: f.name for f in spec.features for c in f.columns}
-    for i, label in enumerate(spec.labels):
+    raw_labels = [raw if isinstance(raw, dict) else {} for raw in top["labels"] or []]
+    for label in spec.labels:
+        i = positions[id(label)]
+        key = "column" if "column" in raw_labels[i] else "name"  # the column defaults to the name
         if label.column in feature_cols:
-            r.error(("labels", i, "column"), f"label column '{label.column}' is also read by feature "
-                                             f"'{feature_cols[label.column]}' (the label would leak into inputs)")
+            r.error(("labels", i, key), f"label column '{label.column}' is also read by feature "
+                                        f"'{feature_cols[label.column]}' (the label would leak into inputs)")
     if spec.sample_weight and spec.sample_weight in feature_cols:
         r.error(("sample_weight",), f"sample weight column '{spec.sample_weight}' is also a feature column")
-    if spec.features and not spec.features_on("user", "context"):
+    # Judge towers on the sides written in the YAML, so a feature with another error does not
+    # also make its tower look empty.
+    sides = {side for raw in raw_features if isinstance(side := raw.get("side"), str)}
+    if raw_features and not sides & {"user", "context"}:
         r.error(("features",), "the student's user tower needs at least one user or context feature")
-    if spec.features and not spec.features_on("item"):
+    if raw_features and "item" not in sides:
         r.error(("features",), "the student's item tower needs at least one item feature")
     if not (top["labels"] or []):
         r.error(("labels",), "expected at least one label")

@@ -51,7 +51,7 @@ class Reader:
             value = raw.get(f.name, _MISSING)
             if value is _MISSING:
                 if f.required:
-                    self.error(path, f"missing required field '{f.name}' ({f.doc})")
+                    self.error(path + (f.name,), f"missing required field '{f.name}' ({f.doc})")
                 out[f.name] = f.default
                 continue
             out[f.name] = self.check_value(value, path + (f.name,), f.types, f.choices)
