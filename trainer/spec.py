@@ -446,25 +446,27 @@ def _read_label(r: Reader, raw: Any, path: Path) -> Label | None:
                  transform=d["transform"] or "none", weight=1.0 if d["weight"] is None else d["weight"])
 
 
+def _check_unique_names(r: Reader, section: str, what: str, raws: list | None) -> dict[str, int]:
+    """Report repeated names in a list section; return each name's first index."""
+    first: dict[str, int] = {}
+    for i, raw in enumerate(raws or []):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            r.error((section, i, "name"), f"duplicate {what} name '{name}' (first at {section}[{first[name]}])")
+        first.setdefault(name, i)
+    return first
+
+
 def _check_cross_references(r: Reader, spec: Spec, top: dict, positions: dict[int, int]) -> None:
     """Checks across features and labels; `positions` maps id(feature or label) to its YAML list index."""
     raw_features = [raw if isinstance(raw, dict) else {} for raw in top["features"] or []]
-    seen: dict[str, int] = {}
-    for i, raw in enumerate(top["features"] or []):
-        name = raw.get("name") if isinstance(raw, dict) else None
-        if isinstance(name, str):
-            if name in seen:
-                r.error(("features", i, "name"), f"duplicate feature name '{name}' (first at features[{seen[name]}])")
-            seen.setdefault(name, i)
-    label_seen: dict[str, int] = {}
-    for i, raw in enumerate(top["labels"] or []):
-        name = raw.get("name") if isinstance(raw, dict) else None
-        if isinstance(name, str):
-            if name in label_seen:
-                r.error(("labels", i, "name"), f"duplicate label name '{name}' (first at labels[{label_seen[name]}])")
-            label_seen.setdefault(name, i)
-            if name in seen:
-                r.error(("labels", i, "name"), f"label name '{name}' is also a feature name")
+    seen = _check_unique_names(r, "features", "feature", top["features"])
+    label_seen = _check_unique_names(r, "labels", "label", top["labels"])
+    for name, i in label_seen.items():
+        if name in seen:
+            r.error(("labels", i, "name"), f"label name '{name}' is also a feature name")
 
     def fpath(f: Feature, *rest: str | int) -> Path:
         return ("features", positions[id(f)]) + rest
