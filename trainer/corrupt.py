@@ -10,12 +10,15 @@ import csv
 import gzip
 import io
 import os
+import re
 from dataclasses import dataclass
 
 import tensorflow as tf
 
 from trainer.columns import raw_columns
 from trainer.errors import DataError
+from tensorflow.core.example import example_pb2
+
 from trainer.schema_probe import ParsePlan
 from trainer.spec import Spec
 
@@ -36,6 +39,17 @@ class Skipped:
         return f"{self.file}: {self.detail}"
 
 
+def clean_message(message: str) -> str:
+    """The part of a TensorFlow error message that says what is wrong (drops function names, the
+    tf.data iterator path, op names and node lists)."""
+    line = (message or "").strip().splitlines()[0] if (message or "").strip() else "data error"
+    line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
+    line = re.sub(r"^.*?Iterator::[\w:]+: ", "", line)
+    line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line)
+    line = line.replace("' failed with", " failed with")
+    return line.split(" [[")[0].strip() or "data error"
+
+
 def _tfrecord_readable(path: str, compression: str) -> tuple[int, str | None]:
     """Records readable before the first corruption, and the error (None if the file is sound)."""
     comp = "" if compression == "none" else compression
@@ -45,7 +59,7 @@ def _tfrecord_readable(path: str, compression: str) -> tuple[int, str | None]:
             count += int(batch.shape[0])
         return count, None
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
-        error = exc.message.splitlines()[0]
+        error = clean_message(exc.message)
     # Find the exact point inside the failing window, one record at a time.
     try:
         for _ in tf.data.TFRecordDataset(path, compression_type=comp).skip(count):
@@ -86,34 +100,40 @@ def _csv_rows(path: str, compression: str):
         yield header, line_number, row
 
 
+def _scan_file(spec: Spec, plan: ParsePlan, path: str) -> Skipped | None:
+    if plan.format == "tfrecord":
+        readable, error = _tfrecord_readable(path, plan.compression)
+        if error is None:
+            return None
+        return Skipped(path, 1, readable, f"corrupt record after {readable} readable record(s); "
+                                          f"the rest of the file is skipped ({error})")
+    bad = [(n, p) for header, n, row in _csv_rows(path, plan.compression)
+           if (p := _csv_line_problem(row, header, plan, spec))]
+    if not bad:
+        return None
+    return Skipped(path, len(bad), -1, f"{len(bad)} corrupt line(s) skipped, first at line "
+                                       f"{bad[0][0]}: {bad[0][1]}", tuple(n for n, _ in bad))
+
+
 def scan(spec: Spec, plan: ParsePlan, files: list[str]) -> list[Skipped]:
     """Every corrupt spot in `files` (reads them all once)."""
-    found = []
-    for path in files:
-        if plan.format == "tfrecord":
-            readable, error = _tfrecord_readable(path, plan.compression)
-            if error is not None:
-                found.append(Skipped(path, 1, readable, f"corrupt record after {readable} readable record(s); "
-                                                        f"the rest of the file is skipped ({error})"))
-            continue
-        bad = [(n, p) for header, n, row in _csv_rows(path, plan.compression)
-               if (p := _csv_line_problem(row, header, plan, spec))]
-        if bad:
-            found.append(Skipped(path, len(bad), -1, f"{len(bad)} corrupt line(s) skipped, first at line "
-                                                     f"{bad[0][0]}: {bad[0][1]}", tuple(n for n, _ in bad)))
-    return found
+    return [found for path in files if (found := _scan_file(spec, plan, path)) is not None]
 
 
-def keep_predicate(skipped: list[Skipped]):
-    """A tf.data filter dropping the skipped CSV lines, or None when there are none."""
-    keys = [f"{s.file}:{n}" for s in skipped for n in s.lines]
+def keep_predicate(skipped: list[Skipped], files: list[str]):
+    """A vectorised filter on record ids (see trainer.input.RECORD_BITS) dropping the skipped CSV
+    lines, or None when there are none."""
+    from trainer.input import RECORD_BITS
+    index = {path: i for i, path in enumerate(files)}
+    keys = [(index[s.file] << RECORD_BITS) + n for s in skipped if s.file in index for n in s.lines]
     if not keys:
         return None
     table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.ones([len(keys)], tf.int64)), default_value=0)
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.int64), tf.ones([len(keys)], tf.int64)),
+        default_value=0)
 
-    def keep(line: tf.Tensor, path: tf.Tensor, number: tf.Tensor) -> tf.Tensor:
-        return tf.equal(table.lookup(tf.strings.join([path, tf.strings.as_string(number)], ":")), 0)
+    def keep(ids: tf.Tensor) -> tf.Tensor:
+        return tf.equal(table.lookup(ids), 0)
 
     return keep
 
@@ -128,13 +148,33 @@ def record_limits(skipped: list[Skipped], files: list[str]):
         default_value=-1)
 
 
+def _unparsable_record(path: str, compression: str) -> int | None:
+    """Index of the first record of a TFRecord file that is not a tf.Example, or None."""
+    comp = "" if compression == "none" else compression
+    try:
+        for i, record in enumerate(tf.data.TFRecordDataset(path, compression_type=comp).as_numpy_iterator()):
+            try:
+                example_pb2.Example.FromString(record)
+            except Exception:  # noqa: BLE001 (protobuf raises DecodeError subclasses)
+                return i
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        return None
+    return None
+
+
 def describe_corruption(spec: Spec, plan: ParsePlan, files: list[str], exc: tf.errors.OpError) -> DataError:
-    """A DataError naming the first corrupt file (and line), found by scanning the files."""
-    for found in scan(spec, plan, files):
-        detail = found.detail.replace(" skipped", "").replace("; the rest of the file is", "")
-        return DataError(f"{found.file}: {detail}. Fix the file, or rerun with --skip-corrupt to skip and "
-                         "count corrupt records")
-    first = exc.message.splitlines()[0] if exc.message else type(exc).__name__
+    """A DataError naming the first corrupt file (and line or record), found by scanning the files in order."""
+    first = clean_message(exc.message) if exc.message else type(exc).__name__
+    for path in files:
+        found = _scan_file(spec, plan, path)
+        if found is not None:
+            detail = found.detail.replace(" skipped", "").replace("; the rest of the file is", "")
+            return DataError(f"{found.file}: {detail}. Fix the file, or rerun with --skip-corrupt to skip and "
+                             "count corrupt records")
+        if plan.format == "tfrecord" and "parse example" in first:
+            index = _unparsable_record(path, plan.compression)
+            if index is not None:
+                return DataError(f"{path}#{index}: record is not a tf.Example ({first[:200]})")
     return DataError(f"reading {len(files)} file(s) under {os.path.commonpath(files)} failed: {first}")
 
 

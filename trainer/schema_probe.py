@@ -27,6 +27,7 @@ class ParsePlan:
     compression: str
     stored: dict[str, str]
     csv_index: dict[str, int] = field(default_factory=dict)
+    csv_fields: int = 0  # CSV: fields per line (the header's length); 0 = unknown
 
 
 def probe_files(spec: Spec, files: list[str], fmt: str, compression: str) -> ParsePlan:
@@ -37,37 +38,38 @@ def probe_files(spec: Spec, files: list[str], fmt: str, compression: str) -> Par
     return _probe_tfrecord(spec, files, compression)
 
 
-def _first_record(path: str, compression: str) -> bytes | None:
+_TYPE_SCAN = 256  # records read per file to learn the type of columns absent from first records
+
+
+def _first_records(path: str, compression: str, n: int = 1) -> list[bytes]:
     dataset = tf.data.TFRecordDataset(path, compression_type="" if compression == "none" else compression)
+    records = []
     try:
-        for record in dataset.take(1):
-            return record.numpy()
+        for record in dataset.take(n):
+            records.append(record.numpy())
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-        return None  # unreadable first record: reported by the corruption scan / iteration
-    return None  # empty file
+        pass  # unreadable record: reported by the corruption scan / iteration
+    return records
+
+
+def _features(path: str, index: int, record: bytes, compression: str):
+    example = example_pb2.Example()
+    try:
+        example.ParseFromString(record)
+    except Exception:  # noqa: BLE001 (protobuf raises DecodeError subclasses)
+        raise DataError(f"{path}: record {index} is not a tf.Example (is this a TFRecord of tf.Example "
+                        f"protos? expected format: tfrecord, compression: {compression})") from None
+    return example.features.feature
 
 
 def _probe_tfrecord(spec: Spec, files: list[str], compression: str) -> ParsePlan:
     columns = raw_columns(spec)
     stored: dict[str, str] = {}
     stored_in: dict[str, str] = {}
-    for path in files:
-        record = _first_record(path, compression)
-        if record is None:
-            continue
-        example = example_pb2.Example()
-        try:
-            example.ParseFromString(record)
-        except Exception:  # noqa: BLE001 (protobuf raises DecodeError subclasses)
-            raise DataError(f"{path}: record 0 is not a tf.Example (is this a TFRecord of tf.Example "
-                            f"protos? expected format: tfrecord, compression: {compression})") from None
-        fmap = example.features.feature
+
+    def learn(path: str, fmap) -> None:
         for name, col in columns.items():
             if name not in fmap:
-                if col.default is None:
-                    raise DataError(f"{path}: column '{name}' (needed by {', '.join(col.users)}) is missing "
-                                    "from the first record; every record must carry it, or the spec must "
-                                    "declare a default")
                 continue
             kind = fmap[name].WhichOneof("kind")
             if kind is None:  # present but empty: no type information
@@ -79,6 +81,29 @@ def _probe_tfrecord(spec: Spec, files: list[str], compression: str) -> ParsePlan
                                 f"{stored_in[name]}; every file must store a column with one type")
             stored.setdefault(name, dtype)
             stored_in.setdefault(name, path)
+
+    for path in files:
+        records = _first_records(path, compression)
+        if not records:
+            continue
+        fmap = _features(path, 0, records[0], compression)
+        for name, col in columns.items():
+            if name not in fmap and col.default is None:
+                raise DataError(f"{path}: column '{name}' (needed by {', '.join(col.users)}) is missing "
+                                "from the first record; every record must carry it, or the spec must "
+                                "declare a default")
+        learn(path, fmap)
+    # Columns whose stored type may differ from the parsed one (numbers stored as int64, group-only
+    # columns) but absent or empty in every first record: look further into the files.
+    unsure = lambda: [n for n, c in columns.items() if n not in stored  # noqa: E731
+                      and (c.dtype == "float32" or not c.is_input)]
+    for path in files:
+        if not unsure():
+            break
+        for i, record in enumerate(_first_records(path, compression, _TYPE_SCAN)[1:], start=1):
+            learn(path, _features(path, i, record, compression))
+            if not unsure():
+                break
     for name, col in columns.items():
         stored.setdefault(name, "string" if not col.is_input and col.dtype == "string" else col.dtype)
     return ParsePlan("tfrecord", compression, stored)
@@ -116,4 +141,4 @@ def _probe_csv(spec: Spec, files: list[str], compression: str) -> ParsePlan:
             raise DataError(f"{path}: CSV header differs from {files[0]}'s; every file must have the same columns "
                             "in the same order")
     stored = {n: ("string" if (not c.is_input and c.dtype == "string") else c.dtype) for n, c in columns.items()}
-    return ParsePlan("csv", compression, stored, {n: header.index(n) for n in columns})
+    return ParsePlan("csv", compression, stored, {n: header.index(n) for n in columns}, len(header))
