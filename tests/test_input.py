@@ -2,10 +2,8 @@
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
 import math
-import os
 from collections import Counter
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -429,3 +427,13 @@ def test_numbers_stored_as_int64_take_their_defaults(tmp_path):
         assert batch["views"].dtype == tf.float32 and batch["ratio"].dtype == tf.float32
         assert batch["views"].numpy().tolist() == [0.0 if v is None else float(v) for v in views], fmt
         assert batch["ratio"].numpy().tolist() == [0.5 if v is None else float(v) for v in ratio], fmt
+
+
+def test_record_that_is_not_a_tf_example_is_located(data, tmp_path):
+    good = serialize_rows(make_columns(6), range(6))
+    path = str(tmp_path / "garbage.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:  # valid framing and checksums, an unparsable payload
+        for record in good[:3] + [b"\x0a\x05garbage-not-a-proto"] + good[3:]:
+            writer.write(record)
+    message = error_of(bad_pipeline(data, path))
+    assert f"{path}#3" in message and "not a tf.Example" in message
