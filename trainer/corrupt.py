@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from trainer.columns import raw_columns
+from trainer.columns import RawColumn, raw_columns
 from trainer.errors import DataError
 from tensorflow.core.example import example_pb2
 
@@ -69,10 +69,10 @@ def _tfrecord_readable(path: str, compression: str) -> tuple[int, str | None]:
     return count, error
 
 
-def _csv_line_problem(row: list[str], header: list[str], plan: ParsePlan, spec: Spec) -> str | None:
+def _csv_line_problem(row: list[str], header: list[str], plan: ParsePlan, spec: Spec,
+                      columns: dict[str, RawColumn]) -> str | None:
     if len(row) != len(header):
         return f"expected {len(header)} fields, found {len(row)}"
-    columns = raw_columns(spec)
     for name, col in columns.items():
         cell = row[plan.csv_index[name]]
         if cell == "":
@@ -107,8 +107,9 @@ def _scan_file(spec: Spec, plan: ParsePlan, path: str) -> Skipped | None:
             return None
         return Skipped(path, 1, readable, f"corrupt record after {readable} readable record(s); "
                                           f"the rest of the file is skipped ({error})")
+    columns = raw_columns(spec)  # once per file, not per line
     bad = [(n, p) for header, n, row in _csv_rows(path, plan.compression)
-           if (p := _csv_line_problem(row, header, plan, spec))]
+           if (p := _csv_line_problem(row, header, plan, spec, columns))]
     if not bad:
         return None
     return Skipped(path, len(bad), -1, f"{len(bad)} corrupt line(s) skipped, first at line "
