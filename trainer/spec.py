@@ -6,6 +6,7 @@ are all derived from it. `load_spec` reports every problem at once, each with
 the file, line and field path (see `trainer.errors.SpecError`).
 """
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,7 +182,10 @@ _TOP = (
     Field("labels", (list,), required=True, doc="list of labels (tasks)"),
     Field("sample_weight", (str, type(None)), default=None, doc="column with per-example weights"),
     Field("group_key", (list, str), default=None, doc="columns grouping examples, e.g. [user_id, date]"),
+    Field("model", (dict,), default=None, doc="model, losses and optimizers (read by trainer.config)"),
+    Field("training", (dict,), default=None, doc="the training loop (read by trainer.config)"),
 )
+CONFIG_SECTIONS = ("model", "training")  # not part of the spec's fingerprint: they do not change features
 _DATA = (
     Field("format", (str,), default="tfrecord", choices=FORMATS),
     Field("compression", (str,), default="none", choices=COMPRESSIONS),
@@ -255,13 +259,19 @@ def parse_spec(text: str, path: str) -> Spec:
     for i, col in enumerate(group_key or []):
         r.check_value(col, ("group_key", i), (str,))
     spec = Spec(name=top["name"] or "", path=os.path.abspath(path),
-                fingerprint=hashlib.sha256(text.encode()).hexdigest()[:16],
+                fingerprint=_fingerprint(doc.data),
                 features=tuple(features), labels=tuple(labels), sample_weight=top["sample_weight"],
                 group_key=tuple(c for c in group_key or [] if isinstance(c, str)), data=data)
     _check_cross_references(r, spec, top, positions={id(x): i for i, x in read + read_labels})
     if r.issues:
         raise SpecError(r.issues)
     return spec
+
+
+def _fingerprint(data: Any) -> str:
+    """Hash of everything that defines features, labels and data (not the model / training sections)."""
+    kept = {k: v for k, v in data.items() if k not in CONFIG_SECTIONS} if isinstance(data, dict) else data
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _issue(path: str, message: str) -> SpecIssue:
