@@ -9,6 +9,7 @@ setup(
     packages=find_packages(include=["trainer", "trainer.*", "serving", "serving.*"]),
     install_requires=[
         "tensorflow==2.21.*",
+        "tensorboard==2.21.*",  # TensorBoard scalars (tf.summary needs it)
         "tf-keras==2.21.*",
         "tensorflow-recommenders==0.7.7",
         "tensorflow-serving-api==2.21.*",

@@ -38,17 +38,25 @@ def test_validate_bad_spec_lists_every_error_and_exits_2(tmp_path, capsys):
     assert f"{bad}:5: labels[0].type: expected one of binary, regression, got 'maybe'" in err
 
 
-def test_train_job_fits_preprocessing_then_reuses_it(kuairand_slice, tmp_path, capsys):
+def test_train_job_fits_preprocessing_trains_and_writes_metrics(kuairand_slice, tmp_path, capsys):
     model_dir = str(tmp_path / "model")
     data = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz")
-    assert main(["train", SPEC, "--model-dir", model_dir, "--data", data, "--batch-size", "256"]) == 0
+    small = ["--set", "training.batch_size=256", "--set", "training.progress=false",
+             "--set", "model.student.user_tower=[32,16]", "--set", "model.student.item_tower=[32,16]",
+             "--validation", data, "--data", data]
+    assert main(["train", SPEC, "--model-dir", model_dir, *small]) == 0
     out = capsys.readouterr().out
-    assert "read 3000 rows" in out and "label:click" in out
+    assert "trained to step 12 (12 steps here, 3000 examples" in out  # ceil(3000 / 256) steps: one epoch
     with open(os.path.join(model_dir, "preprocessing", "preprocessing.json")) as fh:
         meta = json.load(fh)
     assert meta["rows"] == 3000 and meta["tables"]["video"]["size"] > 100
+    with open(os.path.join(model_dir, "metrics.json")) as fh:
+        metrics = json.load(fh)
+    assert metrics["step"] == 12 and 0.0 < metrics["validation"]["student"]["auc"] < 1.0
+    assert set(metrics["validation"]["teacher"]) == {"click", "long_view", "like", "watch_time"}
     os.utime(os.path.join(model_dir, "preprocessing", "preprocessing.json"), (0, 0))
-    assert main(["train", SPEC, "--model-dir", model_dir, "--data", data]) == 0
+    assert main(["train", SPEC, "--model-dir", model_dir, *small]) == 0  # finished: resumes at its last step
+    assert "trained to step 12 (0 steps here" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(model_dir, "preprocessing", "preprocessing.json")) == 0  # reused
 
 
@@ -61,5 +69,6 @@ def test_train_job_reports_data_errors_and_exits_2(tmp_path, capsys):
 def test_task_module_runs_the_same_job(kuairand_slice, tmp_path, capsys):
     from trainer.task import main as task_main
     data = os.path.join(kuairand_slice, "date=20220425", "*.tfrecord.gz")
-    assert task_main([SPEC, "--model-dir", str(tmp_path / "m"), "--data", data]) == 0
-    assert "read" in capsys.readouterr().out
+    assert task_main([SPEC, "--model-dir", str(tmp_path / "m"), "--data", data, "--validation", data,
+                      "--set", "training.max_steps=2", "--set", "training.progress=false"]) == 0
+    assert "trained to step 2" in capsys.readouterr().out

@@ -62,3 +62,18 @@ def batch_table(batch: dict) -> str:
     rows.append(["sample_weight", *_describe(batch["sample_weight"])])
     rows.append(["group", *_describe(batch["group"])])
     return _table(["column", "dtype", "shape", "values"], rows)
+
+
+def metrics_table(result: dict) -> str:
+    """Evaluation results (trainer.evaluate) as aligned rows: model, task, metric values."""
+    rows = []
+    for task, values in result.get("teacher", {}).items():
+        rows.append(["teacher", task, "  ".join(f"{k} {v:.4f}" for k, v in values.items())])
+    student = result.get("student")
+    if student:
+        rows.append(["student", student["task"],
+                     "  ".join(f"{k} {v:.4f}" for k, v in student.items() if k != "task")])
+    for row in result.get("consistency", {}).get("by_k", []):
+        rows.append(["consistency", f"+{row['sampled']} sampled/group",
+                     "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("sampled", "groups"))])
+    return _table(["model", "task", "metrics"], rows)

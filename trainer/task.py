@@ -1,36 +1,32 @@
 """The training job (`prerank train`, `python -m trainer.task`).
 
-At this stage of prerank the job prepares everything training stands on:
-it validates the spec, fits (or reloads) the preprocessing into
-`MODEL_DIR/preprocessing/`, streams the training data through the input
-pipeline and the feature encoder, and prints a batch summary. The joint
-student/teacher training loop is the next step (issue #3).
+Validates the spec and its `model:` / `training:` config (with `--set`
+overrides), fits or reloads the preprocessing into `MODEL_DIR/preprocessing/`,
+trains the joint student/teacher model (or one of the separate modes) under
+the strategy TF_CONFIG selects, checkpoints into `MODEL_DIR/checkpoints/`,
+logs to `MODEL_DIR/history.jsonl` and `MODEL_DIR/tensorboard/`, evaluates on
+the validation data and writes `MODEL_DIR/metrics.json`. Run the same
+command again after a kill to resume.
 """
 import argparse
+import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 from trainer.errors import DataError
 from trainer.spec import Spec, load_spec
 
 
-@dataclass(frozen=True)
-class JobResult:
-    rows: int
-    batches: int
-    skipped_records: int
-    label_means: dict[str, float]
-    seconds: float
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="feature spec YAML")
-    parser.add_argument("--model-dir", required=True, help="where the preprocessing (and later the model) goes")
+    parser.add_argument("spec", help="feature spec YAML (its model: / training: sections configure the job)")
+    parser.add_argument("--model-dir", required=True, help="where preprocessing, checkpoints and logs go")
+    parser.add_argument("--config", help="YAML with model: / training: sections (default: the spec file's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set training.max_steps=100 (repeatable)")
     parser.add_argument("--data", help="training files glob (default: the spec's data.train)")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--validation", help="validation files glob (default: the spec's data.validation)")
     parser.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records")
     parser.add_argument("--refit", action="store_true", help="fit the preprocessing again even if saved")
 
@@ -51,46 +47,85 @@ def fitted_preprocessing(spec: Spec, data: str, model_dir: str, refit: bool = Fa
     return fitted
 
 
-def run(args: argparse.Namespace) -> JobResult:
+def run(args: argparse.Namespace) -> dict:
     # TensorFlow-heavy modules load when the job runs, so `prerank validate` stays quick.
-    from trainer.features import FeatureEncoder
-    from trainer.input import InputConfig, make_pipeline
-    from trainer.summary import batch_table
+    from trainer.distribution import strategy_from_env
+    strategy = strategy_from_env()  # first: a multi-worker strategy must exist before other TF work
+
+    from trainer.analyze import Preprocessing
+    from trainer.config import load_config
+    from trainer.evaluate import evaluate_model, flatten
+    from trainer.loop import Loop, is_chief
+    from trainer.model import JointModel
+    from trainer.run_record import check_or_record, write_json_atomic
+    from trainer.summary import metrics_table
 
     spec = load_spec(args.spec)
+    config = load_config(spec, args.config, args.set)
+    t, m = config.training, config.model
     data = args.data or spec.data.train
     if not data:
         raise DataError(f"{args.spec}: no training data: give --data or set data.train in the spec")
-    start = time.time()
-    fitted = fitted_preprocessing(spec, data, args.model_dir, args.refit)
-    print(f"preprocessing: {len(fitted.vocabularies)} fitted vocabularies, {len(fitted.stats)} statistics, "
-          f"from {fitted.rows} rows -> {os.path.join(args.model_dir, 'preprocessing')}")
-    pipeline = make_pipeline(spec, data, InputConfig(batch_size=args.batch_size, skip_corrupt=args.skip_corrupt))
-    encoder = FeatureEncoder(spec, fitted)
-    rows = batches = 0
-    sums = {label.name: 0.0 for label in spec.labels}
-    for batch in pipeline:
-        if batches == 0:
-            print(f"\nfirst batch of {len(pipeline.files)} training file(s):\n{batch_table(batch)}")
-            encoded = encoder(batch["features"])
-            widths = {side: sum(int(encoded[f.name].shape[-1]) for f in spec.features_on(*sides))
-                      for side, sides in (("user tower", ("user", "context")), ("item tower", ("item",)),
-                                          ("teacher", ("user", "context", "item", "cross", "privileged")))}
-            print("encoded input widths: " + ", ".join(f"{k} {v}" for k, v in widths.items()))
-        rows += int(batch["group"].shape[0])
-        batches += 1
-        for name, value in batch["labels"].items():
-            sums[name] += float(value.numpy().sum())
-    result = JobResult(rows, batches, pipeline.skipped_records, {n: s / max(rows, 1) for n, s in sums.items()},
-                       time.time() - start)
-    print(f"\nread {rows} rows in {batches} batches ({result.seconds:.1f} s); label means: "
-          + ", ".join(f"{n} {m:.4g}" for n, m in result.label_means.items()))
-    if pipeline.skipped:
-        print(f"skipped {pipeline.skipped_records} corrupt record(s):")
-        for s in pipeline.skipped:
-            print(f"  {s}")
-    print("joint student/teacher training: not built yet (issue #3); this job stops after the data pass")
-    return result
+    validation = args.validation or spec.data.validation
+    resumed = check_or_record(args.model_dir, spec, config)
+    if m.mode == "student":
+        teacher_dir = t.teacher_dir
+        fitted = Preprocessing.load(os.path.join(teacher_dir, "preprocessing"))
+        fitted.check_matches(spec, teacher_dir)
+    else:
+        fitted = fitted_preprocessing(spec, data, args.model_dir, args.refit and not resumed)
+    print(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
+          f"fitted on {fitted.rows} rows")
+    catalog = None
+    if m.distill.cascade.enabled and m.distill.cascade.unexposed > 0:
+        from trainer.items import build_catalog
+        catalog = build_catalog(spec, data, m.student.dual_augmented.item_feature)
+        print(f"item table: {catalog.size} items (sampling {m.distill.cascade.unexposed} unexposed per group)")
+
+    def build_model() -> JointModel:
+        import tensorflow as tf
+        tf.keras.utils.set_random_seed(t.seed)
+        model = JointModel(spec, fitted, config, catalog, name="joint")
+        if m.mode == "student":
+            restore_teacher(model, t.teacher_dir)
+        return model
+
+    def on_evaluate(model, step: int) -> dict:
+        if not validation:
+            return {}
+        return flatten(evaluate_model(model, validation, max_batches=t.eval_batches), prefix="eval")
+
+    steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
+    loop = Loop(spec, config, args.model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate,
+                args.skip_corrupt)
+    if loop.manager.latest_checkpoint:
+        print(f"resuming from {loop.manager.latest_checkpoint}")
+    result = loop.run()
+    print(f"trained to step {result.step} ({result.steps_run} steps here, {result.examples} examples, "
+          f"{result.seconds:.1f} s, {result.examples / max(result.seconds, 1e-9):.0f} examples/s)")
+    summary = {"step": result.step, "mode": m.mode, "training": {
+        "steps_run": result.steps_run, "examples": result.examples, "seconds": round(result.seconds, 2),
+        "resumed_from": result.resumed_from, "last_losses": result.last_losses}}
+    if validation and is_chief(strategy):
+        started = time.time()
+        evaluation = evaluate_model(loop.model, validation, max_batches=t.eval_batches)
+        loop._log(result.step, flatten(evaluation, prefix="eval"))
+        summary["validation"] = {"data": validation, "seconds": round(time.time() - started, 2), **evaluation}
+        print(f"\nvalidation ({validation}):\n{metrics_table(evaluation)}")
+    if is_chief(strategy):
+        write_json_atomic(os.path.join(args.model_dir, "metrics.json"), summary)
+    return summary
+
+
+def restore_teacher(model, teacher_dir: str) -> None:
+    """Load a separately trained teacher (encoder + MMoE) from its model directory's latest checkpoint."""
+    import tensorflow as tf
+    from trainer.loop import CHECKPOINT_DIR
+    latest = tf.train.latest_checkpoint(os.path.join(teacher_dir, CHECKPOINT_DIR))
+    if latest is None:
+        raise DataError(f"training.teacher_dir {teacher_dir}: no checkpoint in {teacher_dir}/{CHECKPOINT_DIR}")
+    view = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=model.teacher_encoder, teacher=model.teacher))
+    view.restore(latest).expect_partial().assert_existing_objects_matched()
 
 
 def main(argv: list[str] | None = None) -> int:
