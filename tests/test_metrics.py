@@ -46,7 +46,7 @@ def brute_recall(teacher, student, groups, k, k_student):
     values = []
     for g in dict.fromkeys(groups.tolist()):
         idx = np.flatnonzero(groups == g)
-        if len(idx) <= k:
+        if len(idx) <= max(k, k_student):
             continue
         top_t = set(sorted(idx, key=lambda i: (-teacher[i], i))[:k])
         top_s = set(sorted(idx, key=lambda i: (-student[i], i))[:k_student])
@@ -157,9 +157,9 @@ def test_recall_hand_made_groups():
     student = np.array([1, 2, 3, 4, 5, 9, 1, 8, 0, 0.0])
     groups = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2, 2])
     # group 0: teacher top-2 = {0, 1}; student top-3 = {4, 3, 2} -> 0
-    # group 1: teacher top-2 = {5, 6}; student top-3 = all three -> 1
-    # group 2: two rows, not more than k=2 items: skipped
-    assert recall_at_k(teacher, student, groups, k=2, k_student=3) == pytest.approx(0.5)
+    # group 1: three rows, the student's top-3 would hold all of them: skipped (trivially 1)
+    # group 2: two rows: skipped
+    assert recall_at_k(teacher, student, groups, k=2, k_student=3) == pytest.approx(0.0)
     # group 1 with k_student=2: student top-2 = {5, 7} -> 1/2; group 0 still 0
     assert recall_at_k(teacher, student, groups, k=2, k_student=2) == pytest.approx(0.25)
     # ties break by row index: in group 2 with k=1, teacher's top-1 is row 8, student's top-1 is row 8

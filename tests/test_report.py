@@ -1,4 +1,4 @@
-"""`prerank report`: PNG plots from a synthetic history.jsonl and metrics.json."""
+"""`prerank report`: PNG plots from a synthetic history.jsonl and evaluation.json."""
 import json
 import logging
 import os
@@ -36,7 +36,7 @@ def write_metrics(model_dir):
              "recall@50_in_100": 0.8 - s / 3000} for s in (50, 0, 10, 20)]
     metrics = {"step": 1000, "teacher": {"click": {"auc": 0.7, "logloss": 0.4}},
                "student": {"auc": 0.69, "gauc": 0.6, "logloss": 0.45}, "consistency": {"by_k": by_k}}
-    with open(os.path.join(model_dir, "metrics.json"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(model_dir, "evaluation.json"), "w", encoding="utf-8") as fh:
         json.dump(metrics, fh)
 
 
@@ -68,14 +68,14 @@ def test_repeated_step_keeps_the_last_value_per_key(tmp_path):
     assert history[500]["eval/student/gauc"] == 0.6 and history[500]["lambda"] == 1.0
 
 
-def test_without_metrics_json_consistency_is_skipped_with_a_note(tmp_path, caplog):
+def test_without_evaluation_json_consistency_is_skipped_with_a_note(tmp_path, caplog):
     write_history(tmp_path, training_lines())
     out = tmp_path / "plots"
     with caplog.at_level(logging.WARNING, logger="trainer.report"):
         paths = write_report(str(tmp_path), str(out))
     assert [os.path.basename(p) for p in paths] == [p for p in PNGS if p != "consistency.png"]
     assert all(os.path.dirname(p) == str(out) for p in paths)
-    assert "consistency.png skipped" in caplog.text and "metrics.json" in caplog.text
+    assert "consistency.png skipped" in caplog.text and "evaluation.json" in caplog.text
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
@@ -95,8 +95,8 @@ def test_missing_or_empty_history_is_a_data_error(tmp_path):
         write_report(str(tmp_path))
 
 
-def test_malformed_metrics_json_is_a_data_error(tmp_path):
+def test_malformed_evaluation_json_is_a_data_error(tmp_path):
     write_history(tmp_path, training_lines())
-    (tmp_path / "metrics.json").write_text('{"consistency": {"by_k": [{"pairwise_agreement": 0.7}]}}')
-    with pytest.raises(DataError, match=r"metrics\.json: expected consistency\.by_k"):
+    (tmp_path / "evaluation.json").write_text('{"consistency": {"by_k": [{"pairwise_agreement": 0.7}]}}')
+    with pytest.raises(DataError, match=r"evaluation\.json: expected consistency\.by_k"):
         write_report(str(tmp_path))

@@ -89,6 +89,40 @@ def _train(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    import os
+
+    from trainer.evaluate import evaluate_model
+    from trainer.items import build_catalog
+    from trainer.run_record import write_json_atomic
+    from trainer.spec import load_spec
+    from trainer.summary import metrics_table
+    from trainer.trained import load_trained, recorded_config
+    spec = load_spec(args.spec)
+    data = args.data or spec.data.eval
+    if not data:
+        raise DataError(f"{args.spec}: no evaluation data: give --data or set data.eval in the spec")
+    sampled = tuple(int(k) for k in args.sampled.split(",")) if args.sampled else (0,)
+    catalog = None
+    if any(sampled):
+        items_from = args.items or spec.data.train or data
+        id_feature = recorded_config(args.model_dir).model.student.dual_augmented.item_feature
+        catalog = build_catalog(spec, items_from, id_feature)
+        print(f"item table: {catalog.size} items from {items_from}")
+    model = load_trained(spec, args.model_dir, data, catalog)
+    result = evaluate_model(model, data, args.batch_size, args.max_batches, sampled, seed=args.seed)
+    result = {"data": data, "checkpoint": model.checkpoint_path, **result}
+    path = os.path.join(args.model_dir, "evaluation.json")
+    write_json_atomic(path, result)
+    print(f"{data} ({result['rows']} rows), {model.checkpoint_path}:\n{metrics_table(result)}\n-> {path}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from trainer.report import write_report
+    for path in write_report(args.model_dir, args.out):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trainer.task import add_arguments as add_train_arguments
     parser = argparse.ArgumentParser(prog="prerank", description="Pre-ranking training framework.")
@@ -132,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="the training job (same as python -m trainer.task)")
     add_train_arguments(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="teacher / student quality and their consistency on evaluation data")
+    p.add_argument("spec")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--data", help="evaluation files glob (default: the spec's data.eval)")
+    p.add_argument("--sampled", default="0,10,50",
+                   help="comma-separated numbers of items sampled per group for the consistency candidate sets")
+    p.add_argument("--items", help="files to build the item table from (default: the spec's data.train)")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--max-batches", type=int, help="evaluate on at most this many batches")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled items")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="PNG plots of training curves, lambda, AUCs, consistency and sparsity")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--out", help="output folder (default: MODEL_DIR/report)")
+    p.set_defaults(func=_report)
     return parser
 
 

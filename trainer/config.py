@@ -314,3 +314,12 @@ def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif a != b and name not in RESUMABLE_KEYS:
             out.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
     return out
+
+
+def config_from_dict(raw: dict, source: str) -> Config:
+    """A Config from its `to_dict()` form (e.g. a model directory's run.json)."""
+    issues: list[SpecIssue] = []
+    config = _read(Config, raw, (), lambda p, m: issues.append(SpecIssue(source, None, format_path(p), m)))
+    if issues:
+        raise SpecError(issues)
+    return config

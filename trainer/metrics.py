@@ -173,15 +173,16 @@ def _recall(t_rank: np.ndarray, s_rank: np.ndarray, gid: np.ndarray, n_groups: i
         raise ValueError(f"k and k_student must be >= 1, got k={k}, k_student={k_student}")
     sizes = np.bincount(gid, minlength=n_groups)
     hits = np.bincount(gid, (t_rank < k) & (s_rank < k_student), minlength=n_groups)
-    eligible = sizes > k
+    eligible = sizes > max(k, k_student)  # smaller groups fit in the student's top list whole: trivially 1
     return float(np.mean(hits[eligible] / k)) if eligible.any() else float("nan")
 
 
 def recall_at_k(teacher: np.ndarray, student: np.ndarray, groups: np.ndarray, k: int, k_student: int) -> float:
-    """Mean over groups with at least k+1 items of the share of the teacher's top k in the student's top k_student.
+    """Mean over groups with more than max(k, k_student) items of the share of the teacher's top k in the
+    student's top k_student (a smaller group would fit in the student's list whole).
 
     Top lists sort by score, highest first; tied scores are ordered by row index (earlier rows first).
-    Returns nan when no group has more than k items.
+    Returns nan when no group is large enough.
     """
     teacher, student, groups = _arrays(teacher=teacher, student=student, groups=groups)
     gid, n_groups = _codes(groups)

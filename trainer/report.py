@@ -1,4 +1,4 @@
-"""`prerank report`: PNG plots of a training run, from MODEL_DIR/history.jsonl and metrics.json.
+"""`prerank report`: PNG plots of a training run, from MODEL_DIR/history.jsonl and evaluation.json.
 
 Plots: losses, the distillation weight λ, AUC / GAUC during evaluation,
 teacher/student consistency against the number of sampled items, and the
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from trainer.errors import DataError
 
 HISTORY_FILE = "history.jsonl"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "evaluation.json"  # written by `prerank evaluate`
 LOG = logging.getLogger(__name__)
 
 Series = dict[str, tuple[list[float], list[float]]]  # label -> (x values, y values)
@@ -63,7 +63,7 @@ def _keys(history: dict[int, dict[str, float]], accept: Callable[[str], bool]) -
 
 
 def _consistency_series(path: str) -> Series:
-    """Pairwise agreement and each recall against the number of sampled items, from metrics.json."""
+    """Pairwise agreement and each recall against the number of sampled items, from evaluation.json."""
     try:
         with open(path, encoding="utf-8") as fh:
             by_k = json.load(fh).get("consistency", {}).get("by_k", [])
@@ -110,7 +110,7 @@ def write_report(model_dir: str, out_dir: str | None = None) -> list[str]:
     eval_keys = _keys(history, lambda k: k.startswith("eval/") and k.rsplit("/", 1)[-1] in ("auc", "gauc"))
     loss_keys = _keys(history, lambda k: k.startswith("loss/"))
     table_keys = _keys(history, lambda k: k.startswith("zero_rows/"))
-    plots = [  # all data is read (and metrics.json validated) before anything is drawn
+    plots = [  # all data is read (and evaluation.json validated) before anything is drawn
         ("losses.png", "Training losses", "step", "loss", _series(history, loss_keys)),
         ("lambda.png", "Distillation weight λ", "step", "λ", _series(history, ["lambda"])),
         ("auc.png", "Evaluation AUC / GAUC", "step", "AUC",
