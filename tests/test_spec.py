@@ -145,7 +145,7 @@ def test_kuairand_cross(kuairand):
     assert cross.columns == ("user_id", "author_id")
     assert cross.vocabulary.source == "hash" and cross.vocabulary.buckets == 200000
     assert cross.vocabulary.oov_buckets == 0
-    assert kuairand.tables["user_author"].dim == 8
+    assert kuairand.tables["user_author"].dim == 16
     assert [f.name for f in kuairand.features_on("cross")] == ["user_author"]
     assert not any(f.is_cross for f in kuairand.features_on("user", "item", "context"))
 
@@ -153,7 +153,7 @@ def test_kuairand_cross(kuairand):
 def test_kuairand_tables_and_columns(kuairand):
     tables = kuairand.tables
     assert list(tables)[:2] == ["user", "user_active_degree"]  # first-use order
-    assert tables["user_active_degree"].dim == 8  # table name defaults to the feature name
+    assert tables["user_active_degree"].dim == 16  # table name defaults to the feature name
     assert tables["tag"].dtype == "string" and kuairand.feature("tags").columns == ("tag",)
     bucket = kuairand.feature("duration_bucket")
     assert bucket.bucketized and bucket.is_id and bucket.columns == ("duration_ms",)
