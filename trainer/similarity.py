@@ -26,7 +26,8 @@ class Similarity(tf.keras.layers.Layer):
             return tf.math.l2_normalize(u, axis=-1) / self.temperature
         if self.kind == "multi_head":
             heads = tf.reshape(u, [-1, self.heads, u.shape[-1] // self.heads])
-            weights = tf.nn.softmax(self.attention(u), axis=-1)[:, :, None]
+            # x heads: uniform attention starts out exactly as the plain dot product
+            weights = self.heads * tf.nn.softmax(self.attention(u), axis=-1)[:, :, None]
             return tf.reshape(heads * weights, [-1, u.shape[-1]])
         return u
 

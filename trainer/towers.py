@@ -58,6 +58,8 @@ class FMTower(tf.keras.layers.Layer):
         self.out = tf.keras.layers.Dense(out_dim)
 
     def call(self, fields: list[tf.Tensor]) -> tf.Tensor:
+        if len(fields) != len(self.projections):
+            raise ValueError(f"FM tower built for {len(self.projections)} fields, called with {len(fields)}")
         v = tf.stack([p(f) for p, f in zip(self.projections, fields)], axis=1)  # [B, fields, k]
         interaction = 0.5 * (tf.square(tf.reduce_sum(v, axis=1)) - tf.reduce_sum(tf.square(v), axis=1))
         return self.out(interaction)
@@ -70,6 +72,8 @@ class Tower(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.fields = list(fields)
         out_dim = sizes[-1]
+        # a dual augmented vector joins the fields as one more field (the FM tower projects each field)
+        n_fields = len(fields) + (1 if config.dual_augmented.enabled else 0)
         self.senet = SENet(len(fields), config.senet.reduction, name="senet") if config.senet.enabled else None
         self.kinds = list(config.towers)
         self.towers = []
@@ -79,7 +83,7 @@ class Tower(tf.keras.layers.Layer):
             elif kind == "dcn":
                 self.towers.append(DCNTower(config.dcn_layers, out_dim, name="dcn"))
             else:
-                self.towers.append(FMTower(len(fields), config.fm_dim, out_dim, name="fm"))
+                self.towers.append(FMTower(n_fields, config.fm_dim, out_dim, name="fm"))
         self.fusion = self.add_weight(name="fusion_logits", shape=(len(self.kinds),), initializer="zeros") \
             if len(self.kinds) > 1 else None
 
