@@ -41,7 +41,7 @@ def test_validate_bad_spec_lists_every_error_and_exits_2(tmp_path, capsys):
 def test_train_job_fits_preprocessing_trains_and_writes_metrics(kuairand_slice, tmp_path, capsys):
     model_dir = str(tmp_path / "model")
     data = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz")
-    small = ["--set", "training.batch_size=256", "--set", "training.progress=false",
+    small = ["--set", "training.batch_size=256", "--set", "training.epochs=1", "--set", "training.progress=false",
              "--set", "model.student.user_tower=[32,16]", "--set", "model.student.item_tower=[32,16]",
              "--validation", data, "--data", data]
     assert main(["train", SPEC, "--model-dir", model_dir, *small]) == 0

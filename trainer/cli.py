@@ -1,10 +1,12 @@
 """The `prerank` command line."""
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO/WARNING lines off the console
+logging.getLogger("tensorflow").setLevel(logging.ERROR)  # and its Python-side retracing notes
 
 import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
 from trainer.errors import DataError, SpecError  # noqa: E402

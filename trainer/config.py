@@ -105,13 +105,13 @@ class FtrlConfig:
     learning_rate: float = knob(0.05, "FTRL learning rate (embedding tables)")
     l1: float = knob(0.0, "L1 strength: drives rows to exactly zero (pruned at export)")
     l2: float = knob(0.0, "L2 strength")
-    initial_accumulator: float = knob(0.1, "FTRL initial accumulator value")
+    initial_accumulator: float = knob(0.001, "FTRL initial accumulator value (large values slow early learning)")
 
 
 @dataclass(frozen=True)
 class AdagradConfig:
     learning_rate: float = knob(0.05, "AdaGrad learning rate (every non-embedding variable)")
-    initial_accumulator: float = knob(0.1, "AdaGrad initial accumulator value")
+    initial_accumulator: float = knob(0.001, "AdaGrad initial accumulator value (large values slow early learning)")
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,8 @@ class TrainingConfig:
     max_steps: int | None = knob(None, "stop after this many steps (default: when the epochs end)")
     shuffle_buffer: int = knob(10_000, "examples in the shuffle buffer (0: read in file order)")
     seed: int = knob(0, "seed of initialisation and shuffling")
+    deterministic: bool = knob(False, "read and shuffle the training data in a fixed, seeded order (every epoch "
+                                      "alike), so a run, and a resumed run, can be reproduced exactly; slower")
     log_every: int = knob(50, "steps between TensorBoard scalars / history lines")
     checkpoint_every: int = knob(500, "steps between checkpoints")
     keep_checkpoints: int = knob(3, "checkpoints kept")
@@ -160,25 +162,48 @@ RESUMABLE_KEYS = ("training.epochs", "training.max_steps", "training.log_every",
 def load_config(spec: Spec, config_path: str | None = None, overrides: list[str] = ()) -> Config:
     """Read `model:` / `training:` from the spec file (or `config_path`) and apply `--set` overrides."""
     path = config_path or spec.path
-    with open(path, encoding="utf-8") as fh:
-        doc = load_located_yaml(fh.read(), path)
-    raw = doc.data if isinstance(doc.data, dict) else {}
-    raw = {k: raw[k] for k in ("model", "training") if k in raw}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SpecError([SpecIssue(path, None, "<file>", f"cannot read the config file: {exc.strerror}")]) from None
+    doc = load_located_yaml(text, path)
     issues: list[SpecIssue] = []
+    sections = ("model", "training")
+    raw = doc.data if isinstance(doc.data, dict) else {}
+    if config_path is not None:  # a config file holds only the two sections (a spec file also holds the spec)
+        if doc.data is not None and not isinstance(doc.data, dict):
+            issues.append(SpecIssue(path, doc.line_of(()), "<document>", "expected a mapping with model: / training:"))
+        for key in raw:
+            if key not in sections:
+                issues.append(SpecIssue(path, doc.line_of((key,)), format_path((key,)),
+                                        f"unknown key; expected one of: {', '.join(sections)}"))
+    raw = {k: raw[k] for k in sections if k in raw}
     from_command_line: set[Path] = set()
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            issues.append(SpecIssue("command line", None, f"--set {item}", "expected --set section.key=value"))
+        keys = tuple(k.strip() for k in key.strip().split("."))
+        if not sep or not all(keys):
+            issues.append(SpecIssue("command line --set", None, item or "''",
+                                    "expected KEY=VALUE with a dotted KEY, e.g. training.max_steps=100"))
             continue
-        keys = tuple(key.strip().split("."))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            issues.append(SpecIssue("command line --set", None, key.strip(),
+                                    f"invalid YAML value {value!r}: {problem}"))
+            continue
         target = raw
         for k in keys[:-1]:
-            target = target.setdefault(k, {}) if isinstance(target, dict) else target
+            if isinstance(target, dict) and target.get(k) is None:
+                target[k] = {}  # absent, or an empty section (`training:` with every line commented out)
+            target = target[k] if isinstance(target, dict) else target
         if not isinstance(target, dict):
-            issues.append(SpecIssue("command line", None, f"--set {item}", f"'{key}' is not inside a mapping"))
+            issues.append(SpecIssue("command line --set", None, key.strip(),
+                                    f"'{'.'.join(keys[:-1])}' is not a mapping"))
             continue
-        target[keys[-1]] = yaml.safe_load(value)
+        target[keys[-1]] = parsed
         from_command_line.add(keys)
 
     def issue(p: Path, message: str) -> None:
@@ -195,6 +220,8 @@ def load_config(spec: Spec, config_path: str | None = None, overrides: list[str]
 
 
 def _read(cls: type, raw: Any, path: Path, issue) -> Any:
+    if raw is None:  # an empty section: every knob at its default
+        raw = {}
     if not isinstance(raw, dict):
         issue(path, f"expected a mapping, got {raw!r}")
         return cls()
@@ -254,13 +281,28 @@ def _value(hint: Any, value: Any, path: Path, choices: tuple | None, issue) -> A
 def _check_against_spec(config: Config, spec: Spec, issue) -> None:
     """Checks that need the spec or several knobs at once."""
     s, t, m = config.model.student, config.training, config.model
+    for p, sizes in ((("model", "student", "user_tower"), s.user_tower),
+                     (("model", "student", "item_tower"), s.item_tower),
+                     (("model", "teacher", "expert_layers"), m.teacher.expert_layers),
+                     (("model", "teacher", "task_tower"), m.teacher.task_tower)):
+        for i, size in enumerate(sizes):
+            if size < 1:
+                issue(p + (i,), f"expected a layer size >= 1, got {size}")
+    for p, value in ((("model", "student", "heads"), s.heads), (("model", "teacher", "experts"), m.teacher.experts),
+                     (("model", "student", "fm_dim"), s.fm_dim), (("training", "epochs"), t.epochs)):
+        if value < 1:
+            issue(p, f"expected a positive integer, got {value}")
+    for p, value in ((("model", "student", "temperature"), s.temperature),
+                     (("model", "distill", "temperature"), m.distill.temperature)):
+        if value <= 0:
+            issue(p, f"expected a number > 0, got {value}")
     if not s.user_tower or not s.item_tower:
         issue(("model", "student", "user_tower" if not s.user_tower else "item_tower"), "expected at least one layer")
     elif s.user_tower[-1] != s.item_tower[-1]:
         issue(("model", "student", "item_tower"),
               f"the towers' last sizes must match (the vectors are compared): user tower ends with "
               f"{s.user_tower[-1]}, item tower with {s.item_tower[-1]}")
-    elif s.similarity == "multi_head" and s.user_tower[-1] % s.heads:
+    elif s.similarity == "multi_head" and s.heads >= 1 and s.user_tower[-1] % s.heads:
         issue(("model", "student", "heads"), f"the vector size {s.user_tower[-1]} must divide into {s.heads} heads")
     if not s.towers:
         issue(("model", "student", "towers"), "expected at least one of mlp, dcn, fm")

@@ -26,22 +26,38 @@ def spec_content(spec: Spec) -> dict:
     return out
 
 
-def check_or_record(model_dir: str, spec: Spec, config: Config) -> bool:
-    """Record the run in a new model directory; in an existing one, refuse changes. True if it existed."""
+def check_or_record(model_dir: str, spec: Spec, config: Config, record: bool = True) -> bool:
+    """Record the run in a new model directory; in an existing one, refuse changes. True if it existed.
+
+    `record` False (a multi-worker job's non-chief workers): check only, never write.
+    """
     path = os.path.join(model_dir, RUN_FILE)
     current = {"spec": spec_content(spec), "config": config.to_dict()}
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             saved = json.load(fh)
+        saved_config = with_defaults(saved["config"], Config().to_dict())  # knobs added since: their defaults
         changes = [f"spec: {c}" for c in config_changes(saved["spec"], current["spec"])] \
-            + [f"config: {c}" for c in config_changes(saved["config"], current["config"])]
+            + [f"config: {c}" for c in config_changes(saved_config, current["config"])]
         if changes:
             raise DataError(f"{model_dir} was trained with another spec or config; resume with the same ones or "
                             "use a new --model-dir. Changed:\n  " + "\n  ".join(changes))
         return True
-    os.makedirs(model_dir, exist_ok=True)
-    write_json_atomic(path, current)
+    if record:
+        os.makedirs(model_dir, exist_ok=True)
+        write_json_atomic(path, current)
     return False
+
+
+def with_defaults(saved: dict, defaults: dict) -> dict:
+    """`saved` plus the keys of `defaults` it lacks (recursively)."""
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and value and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
 
 
 def write_json_atomic(path: str, data: dict) -> None:

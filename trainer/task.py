@@ -31,19 +31,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refit", action="store_true", help="fit the preprocessing again even if saved")
 
 
-def fitted_preprocessing(spec: Spec, data: str, model_dir: str, refit: bool = False) -> "Preprocessing":
-    """Load MODEL_DIR/preprocessing, or fit it on `data` and save it there."""
+def fitted_preprocessing(spec: Spec, data: str, model_dir: str, refit: bool = False,
+                         save: bool = True) -> "Preprocessing":
+    """Load MODEL_DIR/preprocessing, or fit it on `data` and (if `save`: the chief) save it there.
+
+    The other workers of a multi-worker job never write: they load the chief's, or fit the same
+    preprocessing themselves (fitting is deterministic) while the chief may still be writing it.
+    """
     from trainer.analyze import Preprocessing, analyze
     directory = os.path.join(model_dir, "preprocessing")
     if not refit and os.path.exists(os.path.join(directory, "preprocessing.json")):
         fitted = Preprocessing.load(directory)
         if fitted.spec_fingerprint != spec.fingerprint:
-            print(f"note: {directory} was fitted for another version of the spec; refitting")
+            if save:
+                print(f"note: {directory} was fitted for another version of the spec; refitting")
         else:
             fitted.check_matches(spec, directory)
             return fitted
     fitted = analyze(spec, data)
-    fitted.save(directory)
+    if save:
+        fitted.save(directory)
     return fitted
 
 
@@ -67,13 +74,14 @@ def run(args: argparse.Namespace) -> dict:
     if not data:
         raise DataError(f"{args.spec}: no training data: give --data or set data.train in the spec")
     validation = args.validation or spec.data.validation
-    resumed = check_or_record(args.model_dir, spec, config)
+    chief = is_chief(strategy)  # the only worker that writes into MODEL_DIR
+    resumed = check_or_record(args.model_dir, spec, config, record=chief)
     if m.mode == "student":
         teacher_dir = t.teacher_dir
         fitted = Preprocessing.load(os.path.join(teacher_dir, "preprocessing"))
         fitted.check_matches(spec, teacher_dir)
     else:
-        fitted = fitted_preprocessing(spec, data, args.model_dir, args.refit and not resumed)
+        fitted = fitted_preprocessing(spec, data, args.model_dir, args.refit and not resumed, save=chief)
     print(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
           f"fitted on {fitted.rows} rows")
     catalog = None
@@ -98,22 +106,23 @@ def run(args: argparse.Namespace) -> dict:
     steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
     loop = Loop(spec, config, args.model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate,
                 args.skip_corrupt)
-    if loop.manager.latest_checkpoint:
-        print(f"resuming from {loop.manager.latest_checkpoint}")
+    if loop.latest_checkpoint:
+        print(f"resuming from {loop.latest_checkpoint}")
     result = loop.run()
     print(f"trained to step {result.step} ({result.steps_run} steps here, {result.examples} examples, "
           f"{result.seconds:.1f} s, {result.examples / max(result.seconds, 1e-9):.0f} examples/s)")
     summary = {"step": result.step, "mode": m.mode, "training": {
         "steps_run": result.steps_run, "examples": result.examples, "seconds": round(result.seconds, 2),
         "resumed_from": result.resumed_from, "last_losses": result.last_losses}}
-    if validation and is_chief(strategy):
+    if validation and chief:
         started = time.time()
         evaluation = evaluate_model(loop.model, validation, max_batches=t.eval_batches)
-        loop._log(result.step, flatten(evaluation, prefix="eval"))
+        loop.log(result.step, flatten(evaluation, prefix="eval"))
         summary["validation"] = {"data": validation, "seconds": round(time.time() - started, 2), **evaluation}
         print(f"\nvalidation ({validation}):\n{metrics_table(evaluation)}")
-    if is_chief(strategy):
+    if chief:
         write_json_atomic(os.path.join(args.model_dir, "metrics.json"), summary)
+    loop.barrier()  # the other workers wait for the chief's evaluation: all leave together
     return summary
 
 

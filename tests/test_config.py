@@ -1,0 +1,245 @@
+"""The model / training config: the spec's sections, a separate --config file, --set overrides, located errors,
+and which changes a model directory's run.json accepts on resume."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from trainer.config import (RESUMABLE_KEYS, Config, TrainingConfig, config_changes, load_config)
+from trainer.errors import DataError, SpecError
+from trainer.spec import load_spec
+
+SPEC = """\
+name: cfg
+data: {format: tfrecord}
+group_key: [user_id]
+features:
+  - {name: user_id, kind: categorical, side: user, dtype: int64, vocabulary: {source: hash, buckets: 100},
+     embedding: {dim: 4}}
+  - {name: video_id, kind: categorical, side: item, dtype: int64, vocabulary: {source: hash, buckets: 100},
+     embedding: {dim: 4}}
+labels:
+  - {name: click, type: binary}
+  - {name: watch_time, type: regression, transform: log1p}
+model:
+  student:
+    user_tower: [32, 16]
+    item_tower: [32, 16]
+    similarity: dot
+  teacher:
+    experts: 2
+training:
+  batch_size: 256
+"""
+LINE = {key: n for n, key in enumerate(["name", "data", "group_key", "features", "user_id", "", "video_id", "",
+                                        "labels", "click", "watch_time", "model", "student", "user_tower",
+                                        "item_tower", "similarity", "teacher", "experts", "training",
+                                        "batch_size"], 1) if key}
+
+
+def write(tmp_path, text: str, name: str = "spec.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def errors(spec_text: str, tmp_path, overrides=(), config_text: str | None = None) -> tuple[str, list[str]]:
+    """(spec path, the SpecError's lines) for a config that must fail."""
+    path = write(tmp_path, spec_text)
+    config_path = write(tmp_path, config_text, "config.yaml") if config_text is not None else None
+    with pytest.raises(SpecError) as info:
+        load_config(load_spec(path), config_path, list(overrides))
+    return path, [str(issue) for issue in info.value.issues]
+
+
+def test_the_spec_sections_set_knobs_and_the_rest_keep_their_defaults(tmp_path):
+    config = load_config(load_spec(write(tmp_path, SPEC)))
+    assert config.model.student.user_tower == [32, 16] and config.model.teacher.experts == 2
+    assert config.training.batch_size == 256
+    assert config.model.student.heads == 4 and config.training.max_steps is None and config.model.mode == "joint"
+    assert config.to_dict()["model"]["student"]["senet"] == {"enabled": False, "reduction": 4}
+
+
+def test_unknown_key_wrong_type_and_bad_choice_name_file_line_and_field(tmp_path):
+    text = SPEC.replace("    similarity: dot", "    similarity: euclid\n    colour: red") \
+               .replace("batch_size: 256", "batch_size: lots")
+    path, lines = errors(text, tmp_path)
+    similarity, colour = LINE["similarity"], LINE["similarity"] + 1
+    assert f"{path}:{colour}: model.student.colour: unknown key; expected one of: dcn_layers, dual_augmented, " \
+           "fm_dim, heads, item_tower, senet, similarity, task, temperature, towers, user_tower" in lines
+    assert f"{path}:{similarity}: model.student.similarity: expected one of dot, cosine, multi_head, " \
+           "got 'euclid'" in lines
+    assert f"{path}:{LINE['batch_size'] + 1}: training.batch_size: expected an integer, got 'lots'" in lines
+    assert len(lines) == 3  # every problem at once
+
+
+def test_list_items_are_checked_one_by_one(tmp_path):
+    path, lines = errors(SPEC.replace("user_tower: [32, 16]", "user_tower: [32, sixteen]")
+                         .replace("    similarity: dot", "    towers: [mlp, gbdt]"), tmp_path)
+    assert lines == [f"{path}:{LINE['user_tower']}: model.student.user_tower[1]: expected an integer, got 'sixteen'",
+                     f"{path}:{LINE['similarity']}: model.student.towers[1]: expected one of mlp, dcn, fm, got 'gbdt'"]
+
+
+def test_the_towers_last_sizes_must_match(tmp_path):
+    path, lines = errors(SPEC.replace("item_tower: [32, 16]", "item_tower: [32, 8]"), tmp_path)
+    assert lines == [f"{path}:{LINE['item_tower']}: model.student.item_tower: the towers' last sizes must match "
+                     "(the vectors are compared): user tower ends with 16, item tower with 8"]
+
+
+def test_multi_head_needs_heads_that_divide_the_vector_size(tmp_path):
+    path, lines = errors(SPEC.replace("similarity: dot", "similarity: multi_head\n    heads: 3"), tmp_path)
+    assert lines == [f"{path}:{LINE['similarity'] + 1}: model.student.heads: the vector size 16 must divide into "
+                     "3 heads"]
+    path, lines = errors(SPEC.replace("similarity: dot", "similarity: multi_head\n    heads: 0"), tmp_path)
+    assert lines == [f"{path}:{LINE['similarity'] + 1}: model.student.heads: expected a positive integer, got 0"]
+    load_config(load_spec(write(tmp_path, SPEC.replace("similarity: dot", "similarity: multi_head\n    heads: 8"))))
+
+
+def test_sizes_and_temperatures_must_be_positive(tmp_path):
+    path, lines = errors(SPEC.replace("user_tower: [32, 16]", "user_tower: [0, 16]")
+                         .replace("experts: 2", "experts: 0"), tmp_path,
+                         ["model.student.similarity=cosine", "model.student.temperature=0"])
+    assert lines == [f"{path}:{LINE['user_tower']}: model.student.user_tower[0]: expected a layer size >= 1, got 0",
+                     f"{path}:{LINE['experts']}: model.teacher.experts: expected a positive integer, got 0",
+                     "command line --set: model.student.temperature: expected a number > 0, got 0.0"]
+
+
+def test_the_student_learns_a_binary_label(tmp_path):
+    path, lines = errors(SPEC.replace("similarity: dot", "similarity: dot\n    task: watch_time"), tmp_path)
+    assert lines == [f"{path}:{LINE['similarity'] + 1}: model.student.task: expected a binary label of the spec "
+                     "(click), got 'watch_time'"]
+    _, lines = errors(SPEC, tmp_path, ["model.student.task=likes"])
+    assert lines == ["command line --set: model.student.task: expected a binary label of the spec (click), "
+                     "got 'likes'"]
+
+
+def test_mode_student_needs_the_teacher_dir(tmp_path):
+    path, lines = errors(SPEC.replace("model:\n", "model:\n  mode: student\n"), tmp_path)
+    assert lines == [f"{path}:{LINE['training'] + 1}: training.teacher_dir: model.mode student needs the trained "
+                     "teacher's model directory"]
+    config = load_config(load_spec(path), None, ["training.teacher_dir=/models/teacher"])
+    assert config.model.mode == "student" and config.training.teacher_dir == "/models/teacher"
+
+
+def test_bad_set_options_name_the_command_line(tmp_path):
+    path, lines = errors(SPEC, tmp_path, ["training.max_steps100", "=5", "training.batch_size=big",
+                                          "model.student.user_tower=[16,", "model.student.user_tower.size=3",
+                                          "training.colour=red"])
+    assert lines[:2] == ["command line --set: training.max_steps100: expected KEY=VALUE with a dotted KEY, "
+                         "e.g. training.max_steps=100",
+                         "command line --set: =5: expected KEY=VALUE with a dotted KEY, e.g. training.max_steps=100"]
+    assert lines[2].startswith("command line --set: model.student.user_tower: invalid YAML value '[16,': ")
+    assert lines[3] == "command line --set: model.student.user_tower.size: 'model.student.user_tower' is not a mapping"
+    assert lines[4].startswith("command line --set: training.colour: unknown key; expected one of: ")
+    assert lines[5] == "command line --set: training.batch_size: expected an integer, got 'big'"
+    assert len(lines) == 6
+
+
+def test_set_overrides_nested_keys_and_list_values(tmp_path):
+    config = load_config(load_spec(write(tmp_path, SPEC)), None, [
+        "model.student.user_tower=[8, 4]", "model.student.item_tower=[6,4]", "model.student.senet.enabled=true",
+        "model.distill.schedule.kind=sigmoid", "model.distill.schedule.max=2", "model.student.towers=[mlp, fm]",
+        "model.teacher.fused_weights={click: 1, watch_time: 0.5}", "training.max_steps=100",
+        "training.eval_batches=null", " training.seed = 3"])
+    s = config.model.student
+    assert (s.user_tower, s.item_tower, s.towers, s.senet.enabled) == ([8, 4], [6, 4], ["mlp", "fm"], True)
+    assert s.similarity == "dot" and s.senet.reduction == 4  # the file's and the default
+    assert config.model.distill.schedule.kind == "sigmoid" and config.model.distill.schedule.max == 2.0
+    assert config.model.teacher.fused_weights == {"click": 1.0, "watch_time": 0.5}
+    assert config.model.teacher.experts == 2 and config.training.batch_size == 256  # kept from the file
+    assert (config.training.max_steps, config.training.eval_batches, config.training.seed) == (100, None, 3)
+    # The last --set of a key wins.
+    assert load_config(load_spec(write(tmp_path, SPEC)), None,
+                       ["training.seed=1", "training.seed=2"]).training.seed == 2
+
+
+def test_empty_sections_of_a_config_file_keep_the_defaults_and_accept_set(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC))
+    config_path = write(tmp_path, "model:\n  student:\ntraining:  # every knob commented out\n", "config.yaml")
+    assert load_config(spec, config_path) == Config()
+    config = load_config(spec, config_path, ["training.max_steps=5", "model.student.senet.enabled=true"])
+    assert config.training.max_steps == 5 and config.model.student.senet.enabled
+    assert load_config(spec, write(tmp_path, "", "empty.yaml")) == Config()
+
+
+def test_a_separate_config_file_replaces_the_spec_sections(tmp_path):
+    config_text = "# tuning run\ntraining:\n  batch_size: 64\nmodel:\n  student: {similarity: cosine}\n"
+    spec = load_spec(write(tmp_path, SPEC))
+    config = load_config(spec, write(tmp_path, config_text, "config.yaml"), ["training.max_steps=9"])
+    assert config.training.batch_size == 64 and config.model.student.similarity == "cosine"
+    assert config.model.student.user_tower == [512, 128, 64, 32]  # the spec's sections are not read
+    assert config.training.max_steps == 9
+    # Errors name the config file and its lines; a key that is neither section is an error there.
+    _, lines = errors(SPEC, tmp_path, config_text=config_text.replace("64", "-64") + "trainig: {seed: 1}\n")
+    config_path = str(tmp_path / "config.yaml")
+    assert lines == [f"{config_path}:6: trainig: unknown key; expected one of: model, training",
+                     f"{config_path}:3: training.batch_size: expected a value >= 0, got -64"]
+    _, lines = errors(SPEC, tmp_path, config_text="- training\n")
+    assert lines == [f"{config_path}:1: <document>: expected a mapping with model: / training:"]
+    with pytest.raises(SpecError) as info:
+        load_config(spec, str(tmp_path / "missing.yaml"))
+    assert str(info.value) == f"{tmp_path / 'missing.yaml'}: <file>: cannot read the config file: No such file " \
+                              "or directory"
+
+
+def test_config_changes_list_what_differs_except_resumable_keys():
+    base = Config()
+    longer = dataclasses.replace(base, training=dataclasses.replace(
+        base.training, max_steps=1000, epochs=3, log_every=1, checkpoint_every=7, keep_checkpoints=9, eval_every=5,
+        eval_batches=2, progress=False))
+    assert config_changes(base.to_dict(), longer.to_dict()) == []
+    other = dataclasses.replace(longer, model=dataclasses.replace(
+        base.model, student=dataclasses.replace(base.model.student, similarity="cosine", user_tower=[8, 4])),
+        training=dataclasses.replace(longer.training, seed=5, batch_size=32))
+    assert config_changes(base.to_dict(), other.to_dict()) == [
+        'model.student.similarity: "dot" -> "cosine"', "model.student.user_tower: [512, 128, 64, 32] -> [8, 4]",
+        "training.batch_size: 1024 -> 32", "training.seed: 0 -> 5"]
+    # Keys named like a resumable one elsewhere are not exempt; keys only on one side are changes.
+    assert config_changes({"model": {"max_steps": 1}}, {"model": {"max_steps": 2}}) == ["model.max_steps: 1 -> 2"]
+    assert config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c: null -> 2"]
+    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+    assert all(k.split(".")[0] == "training" and k.split(".")[1] in fields for k in RESUMABLE_KEYS)
+
+
+def test_run_record_fills_knobs_added_since_with_their_defaults(tmp_path):
+    from trainer.run_record import check_or_record
+    spec = load_spec(write(tmp_path, SPEC))
+    model_dir = str(tmp_path / "model")
+    config = load_config(spec)
+    assert check_or_record(model_dir, spec, config) is False
+    path = os.path.join(model_dir, "run.json")
+    with open(path) as fh:
+        recorded = json.load(fh)
+    del recorded["config"]["training"]["deterministic"]  # as written before the knob existed
+    with open(path, "w") as fh:
+        json.dump(recorded, fh)
+    assert check_or_record(model_dir, spec, config) is True  # its default: no change
+    with pytest.raises(DataError) as info:
+        check_or_record(model_dir, spec, load_config(spec, None, ["training.deterministic=true"]))
+    assert "config: training.deterministic: false -> true" in str(info.value)
+    # A non-chief worker only checks: it never creates the record.
+    assert check_or_record(str(tmp_path / "other"), spec, config, record=False) is False
+    assert not os.path.exists(tmp_path / "other")
+
+
+def test_prerank_train_prints_config_errors_and_exits_2(tmp_path, capsys, monkeypatch):
+    from trainer.cli import main
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    path = write(tmp_path, SPEC.replace("item_tower: [32, 16]", "item_tower: [32, 8]"))
+    model_dir = str(tmp_path / "model")
+    assert main(["train", path, "--model-dir", model_dir, "--data", "unused*", "--set", "training.progress=nope",
+                 "--set", "training.max_steps"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "2 error(s) in the spec:",
+        "  command line --set: training.max_steps: expected KEY=VALUE with a dotted KEY, e.g. training.max_steps=100",
+        "  command line --set: training.progress: expected true/false, got 'nope'"]
+    assert main(["train", path, "--model-dir", model_dir, "--data", "unused*"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "1 error(s) in the spec:",
+        f"  {path}:{LINE['item_tower']}: model.student.item_tower: the towers' last sizes must match (the vectors "
+        "are compared): user tower ends with 16, item tower with 8"]
+    assert not os.path.exists(model_dir)  # nothing written for a bad config
+    monkeypatch.setenv("TF_CONFIG", "{cluster: 1}")
+    assert main(["train", path, "--model-dir", model_dir, "--data", "unused*"]) == 2
+    assert capsys.readouterr().err.startswith("data error: TF_CONFIG is not valid JSON: ")
