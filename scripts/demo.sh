@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the bundled KuaiRand data, from a fresh clone:
-# install, convert, validate the spec, and run the training job.
+# install, convert, validate the spec, train the joint student/teacher model,
+# evaluate it on the held-out day (04-30) and plot the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -12,4 +13,7 @@ if [ ! -f out/kuairand/tfrecord/.complete ]; then
   touch out/kuairand/tfrecord/.complete
 fi
 prerank validate "$SPEC"
-prerank train "$SPEC" --model-dir runs/kuairand
+MODEL_DIR=${MODEL_DIR:-runs/kuairand}
+prerank train "$SPEC" --model-dir "$MODEL_DIR"      # resumes if MODEL_DIR already holds a checkpoint
+prerank evaluate "$SPEC" --model-dir "$MODEL_DIR" --sampled 0,10,50
+prerank report --model-dir "$MODEL_DIR"
