@@ -59,6 +59,22 @@ def test_train_job_fits_preprocessing_trains_and_writes_metrics(kuairand_slice, 
     assert "trained to step 12 (0 steps here" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(model_dir, "preprocessing", "preprocessing.json")) == 0  # reused
 
+    assert main(["evaluate", SPEC, "--model-dir", model_dir, "--data", data, "--items", data,
+                 "--sampled", "0,5"]) == 0
+    with open(os.path.join(model_dir, "evaluation.json")) as fh:
+        evaluation = json.load(fh)
+    assert evaluation["rows"] == 3000 and evaluation["checkpoint"].endswith("ckpt-12")
+    assert evaluation["student"]["auc"] == pytest.approx(metrics["validation"]["student"]["auc"], abs=1e-6)
+    by_k = {row["sampled"]: row for row in evaluation["consistency"]["by_k"]}
+    assert set(by_k) == {0, 5} and 0.0 < by_k[5]["pairwise_agreement"] <= 1.0
+    assert main(["report", "--model-dir", model_dir]) == 0
+    assert os.path.exists(os.path.join(model_dir, "report", "consistency.png"))
+
+
+def test_evaluate_without_a_trained_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["evaluate", SPEC, "--model-dir", str(tmp_path / "none"), "--sampled", "0"]) == 2
+    assert f"{tmp_path / 'none'}: not a trained model directory (no run.json)" in capsys.readouterr().err
+
 
 def test_train_job_reports_data_errors_and_exits_2(tmp_path, capsys):
     missing = str(tmp_path / "nothing" / "*.tfrecord.gz")

@@ -75,7 +75,6 @@ class JointModel(tf.keras.Model):
     # ---- forward ----
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> Outputs:
         encoded = self.encoder(features)
-        teacher_logits = teacher_score = None
         teacher_encoded = self.teacher_encoder(features) if self.mode == "student" else encoded
         teacher_logits = self.teacher(teacher_encoded, training=training)
         teacher_score = self.fused(teacher_logits)

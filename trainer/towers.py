@@ -88,12 +88,12 @@ class Tower(tf.keras.layers.Layer):
             if len(self.kinds) > 1 else None
 
     def call(self, encoded: dict[str, tf.Tensor], extra: tf.Tensor | None = None) -> tf.Tensor:
-        """`extra` ([B, d], e.g. a dual augmented vector) joins the fields."""
-        fields = [encoded[name] for name in self.fields] + ([extra] if extra is not None else [])
-        if self.senet is not None and extra is None:
+        """`extra` ([B, d], e.g. a dual augmented vector) joins the fields after the SENet re-weighting."""
+        fields = [encoded[name] for name in self.fields]
+        if self.senet is not None:
             fields = self.senet(fields)
-        elif self.senet is not None:
-            fields = self.senet(fields[:-1]) + [extra]
+        if extra is not None:
+            fields = fields + [extra]
         x = tf.concat(fields, axis=-1)
         outputs = [t(fields) if kind == "fm" else t(x) for kind, t in zip(self.kinds, self.towers)]
         if self.fusion is None:
