@@ -50,14 +50,14 @@ class Preprocessing:
         """Write `preprocessing.json` and one vocabulary file per table, atomically."""
         os.makedirs(os.path.join(directory, "vocab"), exist_ok=True)
         for table, ids in self.vocabularies.items():
-            _atomic_write(os.path.join(directory, "vocab", f"{table}.txt"),
+            atomic_write(os.path.join(directory, "vocab", f"{table}.txt"),
                           "".join(f"{i}\t{c}\n" for i, c in zip(ids, self.counts[table])))
         meta = {"spec_name": self.spec_name, "spec_fingerprint": self.spec_fingerprint, "rows": self.rows,
                 "tables": {t: {"size": len(v), "dtype": "string" if v and isinstance(v[0], str) else "int64"}
                            for t, v in self.vocabularies.items()},
                 "stats": {n: vars(s) for n, s in self.stats.items()}}
         path = os.path.join(directory, FILE_NAME)
-        _atomic_write(path, json.dumps(meta, indent=2, sort_keys=True))
+        atomic_write(path, json.dumps(meta, indent=2, sort_keys=True))
         return path
 
     @classmethod
@@ -88,7 +88,8 @@ class Preprocessing:
                             f"{', '.join(missing)} needed by {spec.path}: rerun `prerank analyze`")
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
+    """Write `text` to a temporary file, then rename it over `path`: readers never see half a file."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)

@@ -29,9 +29,10 @@ def logit(p: tf.Tensor) -> tf.Tensor:
     return tf.math.log(p) - tf.math.log1p(-p)
 
 
-def distill_loss(kind: str, teacher_score: tf.Tensor, student_logit: tf.Tensor, groups: tf.Tensor,
+def distill_loss(kind: str, teacher_score: tf.Tensor, student_logit: tf.Tensor, groups: tf.Tensor | None,
                  temperature: float = 1.0, weights: tf.Tensor | None = None) -> tf.Tensor:
-    """Mean distillation loss over rows. `teacher_score` is the fused score in (0, 1); `groups` int ids [B]."""
+    """Mean distillation loss over rows. `teacher_score` is the fused score in (0, 1); `groups`: int ids [B]
+    (pairwise only)."""
     teacher_logit = tf.stop_gradient(logit(teacher_score))
     w = tf.ones_like(student_logit) if weights is None else weights
     if kind == "mse":

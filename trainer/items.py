@@ -16,14 +16,14 @@ from trainer.input import InputConfig, make_pipeline
 from trainer.spec import Spec
 
 
-def item_id_feature(spec: Spec, name: str | None = None) -> str:
-    """The feature whose ids name items: `name`, or the spec's first categorical item feature."""
+def id_feature(spec: Spec, side: str, name: str | None = None) -> str:
+    """The feature whose ids name users / items: `name`, or the first categorical feature of `side`."""
     if name:
         return name
-    for f in spec.features_on("item"):
+    for f in spec.features_on(side):
         if f.kind == "categorical" and not f.is_cross:
             return f.name
-    raise DataError(f"{spec.path}: sampling items needs a categorical item feature (an item id); the spec has none")
+    raise DataError(f"{spec.path}: this needs a categorical {side} feature (an id); the spec has none")
 
 
 def user_columns(spec: Spec) -> list[str]:
@@ -57,9 +57,9 @@ class ItemCatalog:
         return {c: tf.gather(v, rows) for c, v in self.columns.items()}
 
 
-def build_catalog(spec: Spec, patterns: str, id_feature: str | None = None, batch_size: int = 4096) -> ItemCatalog:
+def build_catalog(spec: Spec, patterns: str, id_feature_name: str | None = None, batch_size: int = 4096) -> ItemCatalog:
     """One pass over the data: the first-seen row of each item id, catalog columns only."""
-    id_column = spec.feature(item_id_feature(spec, id_feature)).columns[0]
+    id_column = spec.feature(id_feature(spec, "item", id_feature_name)).columns[0]
     wanted = catalog_columns(spec)
     config = InputConfig(batch_size=batch_size, shuffle_buffer=0, deterministic=True, check_values=False)
     seen: dict = {}

@@ -352,10 +352,8 @@ class Loop:
         return tqdm(total=self.estimated_steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
 
     def _lr(self) -> dict[str, float]:
-        return {"lr/ftrl": float(self.ftrl.learning_rate.numpy() if hasattr(self.ftrl.learning_rate, "numpy")
-                                 else self.ftrl.learning_rate),
-                "lr/adagrad": float(self.adagrad.learning_rate.numpy() if hasattr(self.adagrad.learning_rate, "numpy")
-                                    else self.adagrad.learning_rate)}
+        return {f"lr/{name}": float(tf.keras.backend.get_value(opt.learning_rate))
+                for name, opt in (("ftrl", self.ftrl), ("adagrad", self.adagrad))}
 
     def zero_row_shares(self) -> dict[str, float]:
         """Share of all-zero rows per embedding table (what pruning at export will remove)."""

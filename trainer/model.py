@@ -19,7 +19,7 @@ from trainer.config import Config, fused_weights, student_task
 from trainer.distill import distill_loss, schedule_value
 from trainer.features import EmbeddingTable, FeatureEncoder
 from trainer.groups import group_ids, top_n_labels, with_unexposed
-from trainer.items import ItemCatalog, item_id_feature, user_columns
+from trainer.items import ItemCatalog, id_feature, user_columns
 from trainer.mmoe import MMoE, fused_score, task_probability
 from trainer.similarity import Similarity
 from trainer.spec import Spec
@@ -66,8 +66,8 @@ class JointModel(tf.keras.Model):
             self.augmented = s.dual_augmented.enabled
             if self.augmented:
                 self.augment_features = {
-                    "user": spec.feature(s.dual_augmented.user_feature or _first_id(spec, "user")),
-                    "item": spec.feature(item_id_feature(spec, s.dual_augmented.item_feature))}
+                    side: spec.feature(id_feature(spec, side, name))
+                    for side, name in (("user", s.dual_augmented.user_feature), ("item", s.dual_augmented.item_feature))}
                 self.augment_tables = {side: EmbeddingTable(self.encoder.tables[f.embedding.table].num_rows,
                                                             s.user_tower[-1], "uniform", name=f"augment_{side}")
                                        for side, f in self.augment_features.items()}
@@ -102,8 +102,9 @@ class JointModel(tf.keras.Model):
         m = self.config.model
         features, weight = batch["features"], batch["sample_weight"]
         exposed = tf.shape(weight)[0]
-        groups, n_groups = group_ids(batch["group"])
         cascade = self.has_student and m.distill.cascade.enabled
+        grouped = cascade or (self.has_student and m.distill.loss == "pairwise")
+        groups, n_groups = group_ids(batch["group"]) if grouped else (None, None)  # a string unique: only if used
         if cascade and m.distill.cascade.unexposed > 0:
             features, groups = with_unexposed(features, groups, n_groups, m.distill.cascade.unexposed, self.catalog,
                                               user_columns(self.spec), seed)
@@ -156,13 +157,6 @@ class JointModel(tf.keras.Model):
     def embedding_tables(self) -> list[EmbeddingTable]:
         """Every embedding table layer of the model (shared, teacher-own and augmentation tables)."""
         return [m for m in self.submodules if isinstance(m, EmbeddingTable)]
-
-
-def _first_id(spec: Spec, side: str) -> str:
-    for f in spec.features_on(side):
-        if f.kind == "categorical" and not f.is_cross:
-            return f.name
-    raise ValueError(f"{spec.path}: dual augmented vectors need a categorical {side} feature")
 
 
 def _weighted_bce(label: tf.Tensor, logit: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:

@@ -8,6 +8,7 @@ differ, see trainer.config.RESUMABLE_KEYS).
 import json
 import os
 
+from trainer.analyze import atomic_write
 from trainer.config import Config, config_changes
 from trainer.errors import DataError
 from trainer.located_yaml import load_located_yaml
@@ -61,7 +62,4 @@ def with_defaults(saved: dict, defaults: dict) -> dict:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str))
