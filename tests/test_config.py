@@ -105,6 +105,16 @@ def test_sizes_and_temperatures_must_be_positive(tmp_path):
                      "command line --set: model.student.temperature: expected a number > 0, got 0.0"]
 
 
+def test_teacher_dropout_and_target_attention_are_checked(tmp_path):
+    path, lines = errors(SPEC.replace("experts: 2", "experts: 2\n    dropout: 1.0\n    target_attention: true"),
+                         tmp_path, ["model.teacher.attention_hidden=0"])
+    # this spec has no user history on an item feature's table: nothing to attend
+    assert lines == ["command line --set: model.teacher.attention_hidden: expected a positive integer, got 0",
+                     f"{path}:{LINE['experts'] + 1}: model.teacher.dropout: expected a rate in [0, 1), got 1.0",
+                     f"{path}:{LINE['experts'] + 2}: model.teacher.target_attention: no user-side sequence feature "
+                     "reads the embedding table of an item-side categorical feature, so there is nothing to attend"]
+
+
 def test_the_student_learns_a_binary_label(tmp_path):
     path, lines = errors(SPEC.replace("similarity: dot", "similarity: dot\n    task: watch_time"), tmp_path)
     assert lines == [f"{path}:{LINE['similarity'] + 1}: model.student.task: expected a binary label of the spec "

@@ -24,13 +24,13 @@ import tensorflow as tf
 
 from trainer.analyze import analyze
 from trainer.cli import main
-from trainer.config import ScheduleConfig, StudentConfig, DualAugmentedConfig, load_config
+from trainer.config import ScheduleConfig, StudentConfig, DualAugmentedConfig, TeacherConfig, load_config
 from trainer.distill import distill_loss, pairwise_loss, schedule_value
 from trainer.groups import group_ids, rank_within_groups, top_n_labels, with_unexposed
 from trainer.input import InputConfig, make_pipeline
 from trainer.items import build_catalog, user_columns
 from trainer.loop import CHECKPOINT_DIR, HISTORY_FILE, Loop
-from trainer.mmoe import fused_score, task_probability
+from trainer.mmoe import MMoE, fused_score, task_probability
 from trainer.model import JointModel
 from trainer.optimizers import route_variables
 from trainer.predict import predict
@@ -252,6 +252,22 @@ def test_teacher_weighted_logistic_and_product_fusion(world, train):
     # fused score: the weighted geometric product of the task probabilities
     expected = p.teacher["click"] * p.teacher["long_view"] ** 0.5 * p.teacher["watch_time"] ** 0.5
     np.testing.assert_allclose(p.teacher_score, expected, rtol=1e-4)
+
+
+def test_teacher_target_attention_learns(train):
+    run = train("model.teacher.target_attention=true")  # watch_seq attended by video_id (table `video`)
+    _assert_teacher_learned(run)  # observed 0.69-0.71
+    _falls(run, "loss/teacher")
+    _assert_student_learned(run)
+
+
+def test_teacher_dropout_acts_in_training_only():
+    teacher = MMoE(["a"], ["click"], TeacherConfig(experts=2, expert_layers=[16], task_tower=[8], dropout=0.5))
+    x = {"a": tf.random.stateless_normal([64, 6], [5, 0])}
+    inference = [teacher(x, training=False)["click"].numpy() for _ in range(2)]
+    training = [teacher(x, training=True)["click"].numpy() for _ in range(2)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    assert np.abs(training[0] - training[1]).max() > 1e-4 and np.abs(training[0] - inference[0]).max() > 1e-4
 
 
 def test_task_probability_and_fused_score_forms():
@@ -498,7 +514,8 @@ def test_distillation_moves_the_student_toward_the_teacher(student):
 
 def test_optimizer_routing_and_sparse_ftrl_updates(world, tmp_path):
     spec = world.spec
-    config = load_config(spec, None, BASE + ["model.student.dual_augmented.enabled=true"])
+    config = load_config(spec, None, BASE + ["model.student.dual_augmented.enabled=true",
+                                             "model.teacher.target_attention=true"])
     fitted = analyze(spec, world.eval)
     loop = Loop(spec, config, str(tmp_path), tf.distribute.get_strategy(),
                 lambda: JointModel(spec, fitted, config, name="joint"), world.eval, None)
@@ -513,6 +530,8 @@ def test_optimizer_routing_and_sparse_ftrl_updates(world, tmp_path):
     assert {t.name for t in tables} >= {"augment_user", "augment_item", "embedding_user", "embedding_video"}
     table_vars = {key(v) for t in tables for v in t.trainable_variables}
     assert table_vars == embedding and len(table_vars) == len(spec.tables) + 2
+    attention_vars = {key(v) for a in model.teacher.attention for v in a.trainable_variables}
+    assert len(model.teacher.attention) == 1 and attention_vars and attention_vars <= dense
 
     config_in = InputConfig(batch_size=64, shuffle_buffer=0, deterministic=True)
     batch = next(iter(make_pipeline(spec, world.eval, config_in)))

@@ -18,6 +18,7 @@ import yaml
 from trainer.errors import SpecError, SpecIssue
 from trainer.located_yaml import Path, format_path, load_located_yaml
 from trainer.spec import Spec
+from trainer.target_attention import attention_pairs
 
 
 def knob(default: Any, doc: str, choices: tuple | None = None) -> Any:
@@ -67,11 +68,15 @@ class TeacherConfig:
     experts: int = knob(4, "MMoE experts")
     expert_layers: list[int] = knob([256, 128], "layer sizes of each expert")
     task_tower: list[int] = knob([64], "layer sizes of each task's tower above its gate")
+    dropout: float = knob(0.0, "dropout rate after each expert layer, in training")
     regression_loss: str = knob("mse", "regression tasks: mse on the (transformed) target, or weighted_logistic "
                                        "(odds estimate the target)", choices=("mse", "weighted_logistic"))
     fused_score: str = knob("weighted_sum", "how task predictions make the ranking score the student learns",
                             choices=("weighted_sum", "product"))
     fused_weights: dict[str, float] = knob({}, "task -> weight in the fused score (default: the student's task, 1)")
+    target_attention: bool = knob(False, "also pool each user history sequence with weights from the candidate (DIN-style), "
+                                         "for every item feature sharing its table")
+    attention_hidden: int = knob(32, "hidden units of the target attention's scoring MLP")
 
 
 @dataclass(frozen=True)
@@ -289,13 +294,19 @@ def _check_against_spec(config: Config, spec: Spec, issue) -> None:
             if size < 1:
                 issue(p + (i,), f"expected a layer size >= 1, got {size}")
     for p, value in ((("model", "student", "heads"), s.heads), (("model", "teacher", "experts"), m.teacher.experts),
-                     (("model", "student", "fm_dim"), s.fm_dim), (("training", "epochs"), t.epochs)):
+                     (("model", "student", "fm_dim"), s.fm_dim), (("training", "epochs"), t.epochs),
+                     (("model", "teacher", "attention_hidden"), m.teacher.attention_hidden)):
         if value < 1:
             issue(p, f"expected a positive integer, got {value}")
     for p, value in ((("model", "student", "temperature"), s.temperature),
                      (("model", "distill", "temperature"), m.distill.temperature)):
         if value <= 0:
             issue(p, f"expected a number > 0, got {value}")
+    if not 0 <= m.teacher.dropout < 1:
+        issue(("model", "teacher", "dropout"), f"expected a rate in [0, 1), got {m.teacher.dropout}")
+    if m.teacher.target_attention and not attention_pairs(spec):
+        issue(("model", "teacher", "target_attention"), "no user-side sequence feature reads the embedding table of "
+              "an item-side categorical feature, so there is nothing to attend")
     if not s.user_tower or not s.item_tower:
         issue(("model", "student", "user_tower" if not s.user_tower else "item_tower"), "expected at least one layer")
     elif s.user_tower[-1] != s.item_tower[-1]:

@@ -1,7 +1,8 @@
 """The fine-rank teacher: multi-gate mixture of experts over every feature.
 
 n experts see the concatenation of all encoded features (cross and
-privileged ones included); each task has a softmax gate over the experts and
+privileged ones included, and with target attention each user history pooled
+against the candidate); each task has a softmax gate over the experts and
 its own tower ending in one logit. `fused_score` turns the task predictions
 into the ranking score the student learns from.
 """
@@ -9,21 +10,27 @@ import tensorflow as tf
 
 from trainer.config import TeacherConfig
 from trainer.spec import Label
+from trainer.target_attention import TargetAttention
 from trainer.towers import mlp
 
 
 class MMoE(tf.keras.layers.Layer):
-    def __init__(self, fields: list[str], tasks: list[str], config: TeacherConfig, **kwargs):
+    def __init__(self, fields: list[str], tasks: list[str], config: TeacherConfig,
+                 attention_fields: list[str] = (), **kwargs):
         super().__init__(**kwargs)
-        self.fields, self.tasks = list(fields), list(tasks)
-        self.experts = [mlp(config.expert_layers, name=f"expert_{i}") for i in range(config.experts)]
+        self.fields, self.tasks = list(fields) + list(attention_fields), list(tasks)
+        # one target attention per attended field; the caller feeds them (they need the raw history)
+        self.attention = [TargetAttention(config.attention_hidden, name=f"attention_{i}")
+                          for i, _ in enumerate(attention_fields)]
+        self.experts = [mlp(config.expert_layers, name=f"expert_{i}", dropout=config.dropout)
+                        for i in range(config.experts)]
         self.gates = {t: tf.keras.layers.Dense(config.experts, name=f"gate_{t}") for t in self.tasks}
         self.towers = {t: mlp(config.task_tower + [1], name=f"tower_{t}", last_activation=None) for t in self.tasks}
 
-    def call(self, encoded: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def call(self, encoded: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """{task: logit [B]}."""
         x = tf.concat([encoded[name] for name in self.fields], axis=-1)
-        experts = tf.stack([e(x) for e in self.experts], axis=1)  # [B, n, d]
+        experts = tf.stack([e(x, training=training) for e in self.experts], axis=1)  # [B, n, d]
         out = {}
         for t in self.tasks:
             gate = tf.nn.softmax(self.gates[t](x), axis=-1)[:, :, None]

@@ -23,6 +23,7 @@ from trainer.items import ItemCatalog, id_feature, user_columns
 from trainer.mmoe import MMoE, fused_score, task_probability
 from trainer.similarity import Similarity
 from trainer.spec import TOWER_SIDES, Spec
+from trainer.target_attention import attention_pairs
 from trainer.towers import Tower
 
 TEACHER_SIDES = ("user", "context", "item", "cross", "privileged")
@@ -51,8 +52,9 @@ class JointModel(tf.keras.Model):
         self.fused_weights = fused_weights(config, spec)
         self.labels = {label.name: label for label in spec.labels}
         self.encoder = FeatureEncoder(spec, preprocessing, name="encoder")
+        self.attention_pairs = attention_pairs(spec) if m.teacher.target_attention else []
         self.teacher = MMoE([f.name for f in spec.features_on(*TEACHER_SIDES)], list(self.labels), m.teacher,
-                            name="teacher")
+                            attention_fields=[p.field for p in self.attention_pairs], name="teacher")
         if m.mode == "student":  # the frozen teacher reads its own (restored) tables
             self.teacher_encoder = FeatureEncoder(spec, preprocessing, name="teacher_encoder")
             self.teacher_encoder.trainable = False
@@ -75,8 +77,10 @@ class JointModel(tf.keras.Model):
     # ---- forward ----
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> Outputs:
         encoded = self.encoder(features)
-        teacher_encoded = self.teacher_encoder(features) if self.mode == "student" else encoded
-        teacher_logits = self.teacher(teacher_encoded, training=training)
+        teacher_encoder = self.teacher_encoder if self.mode == "student" else self.encoder
+        teacher_encoded = teacher_encoder(features) if self.mode == "student" else encoded
+        teacher_inputs = self.teacher_inputs(teacher_encoder, teacher_encoded, features)
+        teacher_logits = self.teacher(teacher_inputs, training=training)
         teacher_score = self.fused(teacher_logits)
         if not self.has_student:
             return Outputs(teacher_logits, teacher_score, None, None, None)
@@ -110,8 +114,20 @@ class JointModel(tf.keras.Model):
     def teacher_outputs(self, features: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         """The teacher alone: (task -> raw output [B], fused score [B])."""
         encoder = self.teacher_encoder if self.mode == "student" else self.encoder
-        logits = self.teacher(encoder(features), training=False)
+        logits = self.teacher(self.teacher_inputs(encoder, encoder(features), features), training=False)
         return logits, self.fused(logits)
+
+    def teacher_inputs(self, encoder: FeatureEncoder, encoded: dict[str, tf.Tensor],
+                       features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The encoded fields plus, with target attention, each history pooled against the candidate."""
+        if not self.attention_pairs:
+            return encoded
+        inputs = dict(encoded)
+        for p, attention in zip(self.attention_pairs, self.teacher.attention):
+            sequence = self.spec.feature(p.sequence)
+            history = encoder.tables[sequence.embedding.table](encoder.row_ids(sequence, features))
+            inputs[p.field] = attention(history, encoded[p.target])
+        return inputs
 
     def fused(self, teacher_logits: dict[str, tf.Tensor]) -> tf.Tensor:
         probabilities = {t: self.task_probability(t, teacher_logits[t]) for t in self.fused_weights}

@@ -12,10 +12,14 @@ import tensorflow_recommenders as tfrs
 from trainer.config import StudentConfig
 
 
-def mlp(sizes: list[int], name: str, last_activation: str | None = "relu") -> tf.keras.Sequential:
-    """Dense layers of `sizes`; ReLU between them, `last_activation` after the last one."""
-    layers = [tf.keras.layers.Dense(n, activation="relu" if i < len(sizes) - 1 else last_activation)
-              for i, n in enumerate(sizes)]
+def mlp(sizes: list[int], name: str, last_activation: str | None = "relu", dropout: float = 0.0) -> tf.keras.Sequential:
+    """Dense layers of `sizes`; ReLU between them, `last_activation` after the last one; with `dropout`, a
+    dropout layer after each layer (active in training only)."""
+    layers = []
+    for i, n in enumerate(sizes):
+        layers.append(tf.keras.layers.Dense(n, activation="relu" if i < len(sizes) - 1 else last_activation))
+        if dropout > 0:
+            layers.append(tf.keras.layers.Dropout(dropout))
     return tf.keras.Sequential(layers, name=name)
 
 

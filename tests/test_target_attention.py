@@ -1,0 +1,48 @@
+"""The teacher's target attention: which histories it attends, and how it pools them."""
+import trainer  # noqa: F401  (legacy Keras before TensorFlow)
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.target_attention import AttentionPair, TargetAttention, attention_pairs
+
+
+def test_pairs_are_the_user_sequences_on_an_item_features_table(spec):
+    pairs = attention_pairs(spec)  # the KuaiRand spec
+    # watch / like / long-watch sequences read the `video` table, as video_id does; tags are item-side
+    assert pairs == [AttentionPair("watch_seq", "video_id"), AttentionPair("like_seq", "video_id"),
+                     AttentionPair("long_watch_seq", "video_id")]
+    assert pairs[0].field == "watch_seq@video_id"
+
+
+def _history(rows: list[list[list[float]]]) -> tf.RaggedTensor:
+    return tf.ragged.constant(rows, ragged_rank=1, dtype=tf.float32)
+
+
+def test_pooling_is_a_convex_combination_of_the_history():
+    attention = TargetAttention(hidden=8)
+    rng = np.random.default_rng(0)
+    same = [[1.0, -2.0, 0.5]] * 4  # every watched vector equal: any weights give that vector
+    varied = rng.normal(size=(5, 3)).tolist()
+    history = _history([same, [], varied])
+    target = tf.constant(rng.normal(size=(3, 3)), tf.float32)
+    pooled = attention(history, target).numpy()
+    np.testing.assert_allclose(pooled[0], same[0], rtol=1e-5)
+    np.testing.assert_array_equal(pooled[1], np.zeros(3))  # an empty history pools to zeros
+    v = np.array(varied)
+    assert np.all(pooled[2] >= v.min(axis=0) - 1e-6) and np.all(pooled[2] <= v.max(axis=0) + 1e-6)
+
+
+def test_weights_depend_on_the_candidate_and_ignore_padding():
+    attention = TargetAttention(hidden=8)
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(6, 4)).tolist()
+    history = _history([rows, rows])
+    targets = tf.constant(rng.normal(size=(2, 4)) * 3, tf.float32)
+    pooled = attention(history, targets).numpy()
+    assert np.abs(pooled[0] - pooled[1]).max() > 1e-3  # same history, other candidate: other pooling
+    # a longer neighbour pads this row's history in the dense batch; its own pooling must not move
+    short = _history([rows[:2], rows])
+    alone = _history([rows[:2]])
+    np.testing.assert_allclose(attention(short, targets).numpy()[0], attention(alone, targets[:1]).numpy()[0],
+                               rtol=1e-5, atol=1e-6)
