@@ -119,6 +119,20 @@ def test_encoder_pools_last_ids_and_empty_sequences_to_zero(data):
     np.testing.assert_array_equal(out["watch_seq"][1], np.zeros(4))
 
 
+def test_encode_keeping_returns_the_rows_it_pooled(data):
+    spec, path = data
+    encoder = FeatureEncoder(spec, analyze(spec, path))
+    features = _batch(spec, path)["features"]
+    encoded, kept = encoder.encode_keeping(features, {"watch_seq"})
+    assert set(kept) == {"watch_seq"} and isinstance(kept["watch_seq"], tf.RaggedTensor)
+    plain = encoder(features)
+    for name in plain:
+        np.testing.assert_array_equal(encoded[name], plain[name], err_msg=name)
+    rows = encoder.lookups["video"](tf.constant([11, 12, 13], tf.int64))  # row 0's history, last 3 ids
+    np.testing.assert_array_equal(kept["watch_seq"][0], tf.gather(encoder.tables["video"].embeddings, rows))
+    assert kept["watch_seq"].row_lengths()[1] == 0  # the empty history stays empty
+
+
 def test_encoder_padded_sequences_equal_ragged(data):
     spec, path = data
     encoder = FeatureEncoder(spec, analyze(spec, path))

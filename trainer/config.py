@@ -74,8 +74,8 @@ class TeacherConfig:
     fused_score: str = knob("weighted_sum", "how task predictions make the ranking score the student learns",
                             choices=("weighted_sum", "product"))
     fused_weights: dict[str, float] = knob({}, "task -> weight in the fused score (default: the student's task, 1)")
-    target_attention: bool = knob(False, "also pool each user history sequence with weights from the candidate (DIN-style), "
-                                         "for every item feature sharing its table")
+    target_attention: bool = knob(False, "also pool each user history sequence with weights from the candidate "
+                                         "(DIN-style), for every item feature sharing its table")
     attention_hidden: int = knob(32, "hidden units of the target attention's scoring MLP")
 
 

@@ -8,6 +8,8 @@ Features naming one table share one variable, so the student and the teacher
 train the same rows. Vocabularies and statistics are constants of the layer,
 so a SavedModel of a model using it takes raw values.
 """
+from collections.abc import Collection
+
 import tensorflow as tf
 
 from trainer.analyze import Preprocessing
@@ -86,7 +88,20 @@ class FeatureEncoder(tf.keras.layers.Layer):
             self.tables[name] = EmbeddingTable(rows, table.dim, table.initializer, name=f"embedding_{name}")
 
     def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {f.name: self.encode(f, features) for f in self.spec.features}
+        return self.encode_keeping(features, ())[0]
+
+    def encode_keeping(self, features: dict[str, tf.Tensor],
+                       sequences: Collection[str]) -> tuple[dict[str, tf.Tensor], dict[str, tf.RaggedTensor]]:
+        """Every feature encoded, and the unpooled vectors [B, None, dim] of the named sequence features
+        (each looked up once: the pooled field is pooled from them)."""
+        encoded, kept = {}, {}
+        for f in self.spec.features:
+            if f.name in sequences:
+                kept[f.name] = self.vectors(f, features)
+                encoded[f.name] = _pool(kept[f.name], f.pooling)
+            else:
+                encoded[f.name] = self.encode(f, features)
+        return encoded, kept
 
     def row_ids(self, feature: Feature, features: dict[str, tf.Tensor]) -> tf.Tensor:
         """The table rows a categorical / sequence / bucketized feature selects ([B] or ragged [B, None])."""
@@ -104,9 +119,13 @@ class FeatureEncoder(tf.keras.layers.Layer):
             ids = ids[:, -feature.max_length:] if feature.keep == "last" else ids[:, :feature.max_length]
         return self.lookups[table](ids)
 
+    def vectors(self, feature: Feature, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The table rows of an embedded feature: [B, dim], or ragged [B, None, dim] for a sequence."""
+        return self.tables[feature.embedding.table](self.row_ids(feature, features))
+
     def encode(self, feature: Feature, features: dict[str, tf.Tensor]) -> tf.Tensor:
         if feature.embedding is not None:
-            vectors = self.tables[feature.embedding.table](self.row_ids(feature, features))
+            vectors = self.vectors(feature, features)
             return _pool(vectors, feature.pooling) if feature.kind == "sequence" else vectors
         x = tf.cast(features[feature.columns[0]], tf.float32)
         if feature.kind == "dense_vector":

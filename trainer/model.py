@@ -53,6 +53,7 @@ class JointModel(tf.keras.Model):
         self.labels = {label.name: label for label in spec.labels}
         self.encoder = FeatureEncoder(spec, preprocessing, name="encoder")
         self.attention_pairs = attention_pairs(spec) if m.teacher.target_attention else []
+        self.attended = {p.sequence for p in self.attention_pairs}  # sequences kept unpooled for the attention
         self.teacher = MMoE([f.name for f in spec.features_on(*TEACHER_SIDES)], list(self.labels), m.teacher,
                             attention_fields=[p.field for p in self.attention_pairs], name="teacher")
         if m.mode == "student":  # the frozen teacher reads its own (restored) tables
@@ -69,18 +70,20 @@ class JointModel(tf.keras.Model):
             self.augmented = s.dual_augmented.enabled
             if self.augmented:
                 named = {"user": s.dual_augmented.user_feature, "item": s.dual_augmented.item_feature}
-                self.augment_features = {side: spec.feature(id_feature(spec, side, name)) for side, name in named.items()}
+                self.augment_features = {side: spec.feature(id_feature(spec, side, name))
+                                         for side, name in named.items()}
                 self.augment_tables = {side: EmbeddingTable(self.encoder.tables[f.embedding.table].num_rows,
                                                             s.user_tower[-1], "uniform", name=f"augment_{side}")
                                        for side, f in self.augment_features.items()}
 
     # ---- forward ----
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> Outputs:
-        encoded = self.encoder(features)
-        teacher_encoder = self.teacher_encoder if self.mode == "student" else self.encoder
-        teacher_encoded = teacher_encoder(features) if self.mode == "student" else encoded
-        teacher_inputs = self.teacher_inputs(teacher_encoder, teacher_encoded, features)
-        teacher_logits = self.teacher(teacher_inputs, training=training)
+        encoded, histories = self.encoder.encode_keeping(features, self.attended)
+        if self.mode == "student":
+            teacher_encoded, histories = self.teacher_encoder.encode_keeping(features, self.attended)
+        else:
+            teacher_encoded = encoded
+        teacher_logits = self.teacher(self.teacher_inputs(teacher_encoded, histories), training=training)
         teacher_score = self.fused(teacher_logits)
         if not self.has_student:
             return Outputs(teacher_logits, teacher_score, None, None, None)
@@ -114,19 +117,17 @@ class JointModel(tf.keras.Model):
     def teacher_outputs(self, features: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         """The teacher alone: (task -> raw output [B], fused score [B])."""
         encoder = self.teacher_encoder if self.mode == "student" else self.encoder
-        logits = self.teacher(self.teacher_inputs(encoder, encoder(features), features), training=False)
+        logits = self.teacher(self.teacher_inputs(*encoder.encode_keeping(features, self.attended)), training=False)
         return logits, self.fused(logits)
 
-    def teacher_inputs(self, encoder: FeatureEncoder, encoded: dict[str, tf.Tensor],
-                       features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def teacher_inputs(self, encoded: dict[str, tf.Tensor],
+                       histories: dict[str, tf.RaggedTensor]) -> dict[str, tf.Tensor]:
         """The encoded fields plus, with target attention, each history pooled against the candidate."""
         if not self.attention_pairs:
             return encoded
         inputs = dict(encoded)
         for p, attention in zip(self.attention_pairs, self.teacher.attention):
-            sequence = self.spec.feature(p.sequence)
-            history = encoder.tables[sequence.embedding.table](encoder.row_ids(sequence, features))
-            inputs[p.field] = attention(history, encoded[p.target])
+            inputs[p.field] = attention(histories[p.sequence], encoded[p.target])
         return inputs
 
     def fused(self, teacher_logits: dict[str, tf.Tensor]) -> tf.Tensor:
