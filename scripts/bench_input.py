@@ -18,8 +18,11 @@ import tempfile
 import time
 
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
-from trainer import input_bench
-from trainer.input import InputConfig, resolve_files
+from benchmarks import input_bench
+from trainer.data.datasets.kuairand import convert_kuairand
+from trainer.data.datasets.synthetic import generate
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import resolve_files
 from trainer.spec import load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +35,6 @@ def _kuairand_files(args, scratch: str) -> str:
     pattern = os.path.join(directory, "date=*", "*.tfrecord.gz")
     if args.kuairand_dir or resolve_glob(pattern):
         return pattern
-    from trainer.kuairand import convert_kuairand
     directory = os.path.join(scratch, "kuairand")
     print(f"converting {args.kuairand_src} into {directory} (no TFRecords under out/kuairand/tfrecord) ...",
           flush=True)
@@ -52,7 +54,6 @@ def resolve_glob(pattern: str) -> list[str]:
 def _synthetic_files(args, spec, scratch: str) -> str:
     if args.synthetic_dir and resolve_glob(os.path.join(args.synthetic_dir, "part-*")):
         return os.path.join(args.synthetic_dir, "part-*")
-    from trainer.synthetic import generate
     directory = args.synthetic_dir or os.path.join(scratch, "synthetic")
     print(f"generating {args.synthetic_rows:,} synthetic rows for {spec.name} into {directory} ...", flush=True)
     start = time.perf_counter()

@@ -14,13 +14,14 @@ import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 import onnxruntime as ort
 import tensorflow as tf
 
-from serving.export import read_manifest, resolve_version_dir
-from serving.prune import prune_model
-from serving.serving_bench import prerank_table, prerank_vs_pairwise, user_vector_saved_model_vs_onnx
-from trainer.input import InputConfig, make_pipeline
-from trainer.items import build_catalog
+from benchmarks.serving_bench import prerank_table, prerank_vs_pairwise, user_vector_saved_model_vs_onnx
+from serving.savedmodel.layout import read_manifest, resolve_version_dir
+from serving.savedmodel.prune import prune_model
+from trainer.data.catalog import build_catalog
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
 from trainer.spec import load_spec
-from trainer.trained import load_trained
+from trainer.training.trained import load_trained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

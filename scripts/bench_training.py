@@ -24,9 +24,10 @@ import time
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 import tensorflow as tf
 
-from trainer import train_bench as tb
-from trainer.analyze import analyze
+from benchmarks import train_bench as tb
 from trainer.config import load_config
+from trainer.data.datasets.synthetic import generate
+from trainer.preprocessing.analyze import analyze
 from trainer.spec import load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,6 @@ def _data(args, spec, scratch: str) -> str:
     pattern = os.path.join(args.data_dir or os.path.join(scratch, "data"), "part-*")
     if args.data_dir and tf.io.gfile.glob(pattern):
         return pattern
-    from trainer.synthetic import generate
     start = time.perf_counter()
     generate(spec, args.rows, os.path.dirname(pattern), n_shards=4, seed=0)
     print(f"generated {args.rows:,} rows in {time.perf_counter() - start:.0f} s", flush=True)

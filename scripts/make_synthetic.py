@@ -7,8 +7,9 @@ import argparse
 import time
 
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
-from trainer.spec import COMPRESSIONS, FORMATS, load_spec
-from trainer.synthetic import generate
+from trainer.data.datasets.synthetic import generate
+from trainer.spec import load_spec
+from trainer.spec.types import COMPRESSIONS, FORMATS
 
 
 def main(argv: list[str] | None = None) -> None:

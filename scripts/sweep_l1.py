@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
-from serving.l1_sweep import best_point, measure, sweep_table
+from benchmarks.l1_sweep import best_point, measure, sweep_table
 from trainer.spec import load_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

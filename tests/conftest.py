@@ -1,4 +1,5 @@
-"""Shared fixtures: a 3,000-row slice of the real KuaiRand data and a small model trained on it."""
+"""Shared fixtures: spec files under tests/specs/, a 3,000-row slice of the real KuaiRand data and a small model
+trained on it (once per session, shared by every test that only reads it)."""
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
 import os
@@ -6,11 +7,18 @@ import os
 import pytest
 
 from trainer.cli import main
-from trainer.kuairand import convert_kuairand
+from trainer.data.datasets.kuairand import convert_kuairand
 from trainer.spec import Spec, load_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUAIRAND_SPEC = os.path.join(REPO, "feature_specs", "kuairand.yaml")
+SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+
+
+def spec_text(name: str) -> str:
+    """The text of tests/specs/<name>.yaml (tests write edited copies of it to see how errors are reported)."""
+    with open(os.path.join(SPECS, f"{name}.yaml"), encoding="utf-8") as fh:
+        return fh.read()
 
 
 @pytest.fixture(scope="session")

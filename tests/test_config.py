@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from trainer.config import (RESUMABLE_KEYS, Config, TrainingConfig, config_changes, load_config)
-from trainer.errors import DataError, SpecError
+from trainer.config import Component, Config, TrainingConfig, load_config
+from trainer.training.run_record import RESUMABLE_KEYS, config_changes
+from trainer.errors import ConfigError
 from trainer.spec import load_spec
 
 SPEC = """\
@@ -45,10 +46,10 @@ def write(tmp_path, text: str, name: str = "spec.yaml") -> str:
 
 
 def errors(spec_text: str, tmp_path, overrides=(), config_text: str | None = None) -> tuple[str, list[str]]:
-    """(spec path, the SpecError's lines) for a config that must fail."""
+    """(spec path, the ConfigError's lines) for a config that must fail."""
     path = write(tmp_path, spec_text)
     config_path = write(tmp_path, config_text, "config.yaml") if config_text is not None else None
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         load_config(load_spec(path), config_path, list(overrides))
     return path, [str(issue) for issue in info.value.issues]
 
@@ -69,7 +70,7 @@ def test_unknown_key_wrong_type_and_bad_choice_name_file_line_and_field(tmp_path
     assert f"{path}:{colour}: model.student.colour: unknown key; expected one of: dcn_layers, dual_augmented, " \
            "fm_dim, heads, item_tower, senet, similarity, task, temperature, towers, user_tower" in lines
     assert f"{path}:{similarity}: model.student.similarity: expected one of dot, cosine, multi_head, " \
-           "got 'euclid'" in lines
+           "got 'euclid' (a custom similarity must be registered by a module listed under plugins:)" in lines
     assert f"{path}:{LINE['batch_size'] + 1}: training.batch_size: expected an integer, got 'lots'" in lines
     assert len(lines) == 3  # every problem at once
 
@@ -78,7 +79,8 @@ def test_list_items_are_checked_one_by_one(tmp_path):
     path, lines = errors(SPEC.replace("user_tower: [32, 16]", "user_tower: [32, sixteen]")
                          .replace("    similarity: dot", "    towers: [mlp, gbdt]"), tmp_path)
     assert lines == [f"{path}:{LINE['user_tower']}: model.student.user_tower[1]: expected an integer, got 'sixteen'",
-                     f"{path}:{LINE['similarity']}: model.student.towers[1]: expected one of mlp, dcn, fm, got 'gbdt'"]
+                     f"{path}:{LINE['similarity']}: model.student.towers[1]: expected one of mlp, dcn, fm, got 'gbdt' "
+                     "(a custom tower must be registered by a module listed under plugins:)"]
 
 
 def test_the_towers_last_sizes_must_match(tmp_path):
@@ -153,8 +155,8 @@ def test_set_overrides_nested_keys_and_list_values(tmp_path):
         "model.teacher.fused_weights={click: 1, watch_time: 0.5}", "training.max_steps=100",
         "training.eval_batches=null", " training.seed = 3"])
     s = config.model.student
-    assert (s.user_tower, s.item_tower, s.towers, s.senet.enabled) == ([8, 4], [6, 4], ["mlp", "fm"], True)
-    assert s.similarity == "dot" and s.senet.reduction == 4  # the file's and the default
+    assert (s.user_tower, s.item_tower, s.towers, s.senet.enabled) == ([8, 4], [6, 4], [Component("mlp"), Component("fm")], True)
+    assert s.similarity == Component("dot") and s.senet.reduction == 4  # the file's and the default
     assert config.model.distill.schedule.kind == "sigmoid" and config.model.distill.schedule.max == 2.0
     assert config.model.teacher.fused_weights == {"click": 1.0, "watch_time": 0.5}
     assert config.model.teacher.experts == 2 and config.training.batch_size == 256  # kept from the file
@@ -177,17 +179,17 @@ def test_a_separate_config_file_replaces_the_spec_sections(tmp_path):
     config_text = "# tuning run\ntraining:\n  batch_size: 64\nmodel:\n  student: {similarity: cosine}\n"
     spec = load_spec(write(tmp_path, SPEC))
     config = load_config(spec, write(tmp_path, config_text, "config.yaml"), ["training.max_steps=9"])
-    assert config.training.batch_size == 64 and config.model.student.similarity == "cosine"
+    assert config.training.batch_size == 64 and config.model.student.similarity == Component("cosine")
     assert config.model.student.user_tower == [512, 128, 64, 32]  # the spec's sections are not read
     assert config.training.max_steps == 9
     # Errors name the config file and its lines; a key that is neither section is an error there.
     _, lines = errors(SPEC, tmp_path, config_text=config_text.replace("64", "-64") + "trainig: {seed: 1}\n")
     config_path = str(tmp_path / "config.yaml")
-    assert lines == [f"{config_path}:6: trainig: unknown key; expected one of: model, training",
+    assert lines == [f"{config_path}:6: trainig: unknown key; expected one of: model, training, plugins",
                      f"{config_path}:3: training.batch_size: expected a value >= 0, got -64"]
     _, lines = errors(SPEC, tmp_path, config_text="- training\n")
-    assert lines == [f"{config_path}:1: <document>: expected a mapping with model: / training:"]
-    with pytest.raises(SpecError) as info:
+    assert lines == [f"{config_path}:1: <document>: expected a mapping with model: / training: / plugins:"]
+    with pytest.raises(ConfigError) as info:
         load_config(spec, str(tmp_path / "missing.yaml"))
     assert str(info.value) == f"{tmp_path / 'missing.yaml'}: <file>: cannot read the config file: No such file " \
                               "or directory"
@@ -213,7 +215,7 @@ def test_config_changes_list_what_differs_except_resumable_keys():
 
 
 def test_run_record_fills_knobs_added_since_with_their_defaults(tmp_path):
-    from trainer.run_record import check_or_record
+    from trainer.training.run_record import check_or_record
     spec = load_spec(write(tmp_path, SPEC))
     model_dir = str(tmp_path / "model")
     config = load_config(spec)
@@ -225,7 +227,7 @@ def test_run_record_fills_knobs_added_since_with_their_defaults(tmp_path):
     with open(path, "w") as fh:
         json.dump(recorded, fh)
     assert check_or_record(model_dir, spec, config) is True  # its default: no change
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         check_or_record(model_dir, spec, load_config(spec, None, ["training.deterministic=true"]))
     assert "config: training.deterministic: false -> true" in str(info.value)
     # A non-chief worker only checks: it never creates the record.
@@ -241,15 +243,14 @@ def test_prerank_train_prints_config_errors_and_exits_2(tmp_path, capsys, monkey
     assert main(["train", path, "--model-dir", model_dir, "--data", "unused*", "--set", "training.progress=nope",
                  "--set", "training.max_steps"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "2 error(s) in the spec:",
+        "config error: 2 problems in the config:",
         "  command line --set: training.max_steps: expected KEY=VALUE with a dotted KEY, e.g. training.max_steps=100",
         "  command line --set: training.progress: expected true/false, got 'nope'"]
     assert main(["train", path, "--model-dir", model_dir, "--data", "unused*"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "1 error(s) in the spec:",
-        f"  {path}:{LINE['item_tower']}: model.student.item_tower: the towers' last sizes must match (the vectors "
+        f"config error: {path}:{LINE['item_tower']}: model.student.item_tower: the towers' last sizes must match (the vectors "
         "are compared): user tower ends with 16, item tower with 8"]
     assert not os.path.exists(model_dir)  # nothing written for a bad config
     monkeypatch.setenv("TF_CONFIG", "{cluster: 1}")
     assert main(["train", path, "--model-dir", model_dir, "--data", "unused*"]) == 2
-    assert capsys.readouterr().err.startswith("data error: TF_CONFIG is not valid JSON: ")
+    assert capsys.readouterr().err.startswith("config error: TF_CONFIG: not valid JSON: ")

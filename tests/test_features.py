@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.analyze import Preprocessing, analyze
+from trainer.preprocessing.analyze import analyze
+from trainer.preprocessing.fitted import Preprocessing
 from trainer.errors import DataError
-from trainer.example_io import Column, write_tfrecord
-from trainer.features import FeatureEncoder
-from trainer.input import InputConfig, make_pipeline
+from trainer.data.writers import Column, write_tfrecord
+from trainer.layers.encoder import FeatureEncoder
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
 from trainer.spec import parse_spec
 
 SPEC = """

@@ -7,10 +7,12 @@ from collections import Counter
 import pytest
 import tensorflow as tf
 
-from trainer.columns import raw_columns
+from trainer.spec.columns import raw_columns
 from trainer.errors import DataError
-from trainer.example_io import Column, serialize_rows, shard_ranges, write_csv, write_shards, write_tfrecord
-from trainer.input import PAD_ID, PAD_STRING, InputConfig, make_pipeline
+from trainer.data.writers import Column, serialize_rows, shard_ranges, write_csv, write_shards, write_tfrecord
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.data.records import PAD_ID, PAD_STRING
 from trainer.spec import load_spec
 
 SPEC = """

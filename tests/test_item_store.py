@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from serving.item_store import ItemVectorStore
-from serving.item_store_writer import StoreWriter
-from trainer.errors import DataError
+from serving.item_store.reader import ItemVectorStore
+from serving.item_store.writer import StoreWriter
+from trainer.errors import DataError, ExportError
 
 DIM = 4
 FILES = ["ids.npy", "vectors.npy", "manifest.json"]
@@ -119,7 +119,7 @@ def test_interrupted_write_resumes_to_an_identical_result(tmp_path, id_dtype):
     assert writer.next_offset == 20
     assert not half.exists()
     assert ItemVectorStore.versions(store) == []  # nothing is readable before finish()
-    with pytest.raises(DataError, match="continues at item 20"):
+    with pytest.raises(ExportError, match="continues at item 20"):
         writer.write(ids[:10], vectors[:10], offset=0)
     write_chunks(writer, ids, vectors, size=13, start=writer.next_offset)  # other chunk sizes on resume
     assert writer.next_offset == 45 and writer.num_parts == 4
@@ -152,7 +152,7 @@ def test_killed_inside_finish_after_the_final_files_resumes(tmp_path):
 
     writer = new_writer(tmp_path, 4)
     assert writer.next_offset == 25
-    with pytest.raises(DataError, match="call finish"):
+    with pytest.raises(ExportError, match="call finish"):
         writer.write(ids[:1] + 10**6, vectors[:1])
     writer.finish()
     store = ItemVectorStore.open(tmp_path)
@@ -168,7 +168,7 @@ def test_complete_version_is_never_overwritten(tmp_path):
     ids, vectors = catalog(10)
     write_store(tmp_path, 7, ids, vectors)
     before = (tmp_path / "7" / "vectors.npy").read_bytes()
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ExportError) as info:
         new_writer(tmp_path, 7)
     message = str(info.value)
     assert str(tmp_path / "7") in message and "new model version" in message and "delete" in message
@@ -182,7 +182,7 @@ def test_finish_refuses_when_another_writer_completed_the_version(tmp_path):
     first.write(ids, vectors)
     second = new_writer(tmp_path, 2)  # a second process resumes the same write and publishes it first
     second.finish()
-    with pytest.raises(DataError, match=f"already complete in {tmp_path / '2'}"):
+    with pytest.raises(ExportError, match=f"already complete in {tmp_path / '2'}"):
         first.finish()
     np.testing.assert_array_equal(ItemVectorStore.open(tmp_path).vectors, vectors)
 
@@ -197,7 +197,7 @@ def test_finish_refuses_when_another_writer_completed_the_version(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path, field, change):
     ids, vectors = catalog(10)
     new_writer(tmp_path, 1).write(ids[:5], vectors[:5])
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ExportError) as info:
         new_writer(tmp_path, 1, **change)
     message = str(info.value)
     assert f"{field}: started with" in message and str(tmp_path / ".partial-1") in message
@@ -287,7 +287,7 @@ def test_bytes_and_object_string_ids_are_stored_as_unicode(tmp_path):
 def test_finish_without_items_is_refused(tmp_path):
     writer = new_writer(tmp_path, 1)
     writer.write([], np.zeros((0, DIM)))  # an empty chunk writes nothing
-    with pytest.raises(DataError, match="no items were written for model version 1"):
+    with pytest.raises(ExportError, match="no items were written for model version 1"):
         writer.finish()
     assert ItemVectorStore.versions(tmp_path) == []
 
@@ -310,18 +310,18 @@ def test_unknown_version_lists_the_available_ones(tmp_path):
     write_store(tmp_path, 1, ids, vectors)
     write_store(tmp_path, 3, ids, vectors)
     new_writer(tmp_path, 4).write(ids, vectors)
-    with pytest.raises(DataError, match=r"model version 2 is not in .*available versions: \[1, 3\]"):
+    with pytest.raises(ExportError, match=r"model version 2 is not in .*available versions: \[1, 3\]"):
         ItemVectorStore.open(tmp_path, version=2)
-    with pytest.raises(DataError, match=r"version 4 .*unfinished.*\.partial-4.*available versions: \[1, 3\]"):
+    with pytest.raises(ExportError, match=r"version 4 .*unfinished.*\.partial-4.*available versions: \[1, 3\]"):
         ItemVectorStore.open(tmp_path, version=4)
 
 
 def test_empty_store_is_refused(tmp_path):
-    with pytest.raises(DataError, match="no complete model version.*does not exist"):
+    with pytest.raises(ExportError, match="no complete model version.*does not exist"):
         ItemVectorStore.open(tmp_path / "nowhere")
     ids, vectors = catalog(10)
     new_writer(tmp_path, 1).write(ids, vectors)  # only a partial write
-    with pytest.raises(DataError, match=f"{tmp_path}: no complete model version"):
+    with pytest.raises(ExportError, match=f"{tmp_path}: no complete model version"):
         ItemVectorStore.open(tmp_path)
 
 
@@ -331,7 +331,7 @@ def test_version_whose_files_disagree_with_the_manifest_is_refused(tmp_path):
     manifest_path = tmp_path / "1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps(dict(manifest, count=11)))
-    with pytest.raises(DataError, match="expected 11 ids"):
+    with pytest.raises(ExportError, match="expected 11 ids"):
         ItemVectorStore.open(tmp_path)
 
 

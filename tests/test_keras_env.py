@@ -76,7 +76,7 @@ def test_keras3_already_bound_raises_keras_version_error(results):
     assert not r["keras_before"].startswith("tf_keras"), r
     err = r["error"]
     assert err is not None, "import trainer should refuse a Keras 3 bound tf.keras"
-    assert (err["module"], err["name"]) == ("trainer._keras_env", "KerasVersionError")
+    assert (err["module"], err["name"]) == ("trainer.keras_env", "KerasVersionError")
     assert err["is_import_error"]
     message = err["message"]
     assert "TF_USE_LEGACY_KERAS=1" in message

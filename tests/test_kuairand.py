@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 
-from trainer.columns import raw_columns
-from trainer.input import InputConfig, make_pipeline
-from trainer.kuairand import ITEM_SKIPPED, ITEM_STATIC, SEQUENCES, convert_kuairand
+from trainer.spec.columns import raw_columns
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.data.datasets.kuairand import ITEM_SKIPPED, ITEM_STATIC, SEQUENCES, convert_kuairand
 from trainer.spec import load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import Consistency, auc, consistency, gauc, logloss, pairwise_agreement, recall_at_k
+from trainer.evaluation.metrics import Consistency, auc, consistency, gauc, logloss, pairwise_agreement, recall_at_k
 
 
 def brute_auc(labels, scores, weights=None):

@@ -22,22 +22,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.analyze import analyze
+from trainer.preprocessing.analyze import analyze
 from trainer.cli import main
 from trainer.config import ScheduleConfig, StudentConfig, DualAugmentedConfig, TeacherConfig, load_config
 from trainer.distill import distill_loss, pairwise_loss, schedule_value
-from trainer.groups import group_ids, rank_within_groups, top_n_labels, with_unexposed
-from trainer.input import InputConfig, make_pipeline
-from trainer.items import build_catalog, user_columns
-from trainer.loop import CHECKPOINT_DIR, HISTORY_FILE, Loop
+from trainer.losses.groups import group_ids, rank_within_groups, top_n_labels, with_unexposed
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.data.catalog import build_catalog
+from trainer.spec.sides import user_columns
+from trainer.training.layout import CHECKPOINT_DIR, HISTORY_FILE
+from trainer.training.loop import Loop
 from trainer.mmoe import MMoE, fused_score, task_probability
-from trainer.model import JointModel
-from trainer.optimizers import route_variables
-from trainer.predict import predict
+from trainer.models.joint import JointModel
+from trainer.training.optimizers import route_variables
+from trainer.evaluation.predict import predict
 from trainer.spec import load_spec
-from trainer.synthetic import generate
-from trainer.towers import Tower
-from trainer.trained import load_trained
+from trainer.data.datasets.synthetic import generate
+from trainer.layers.towers import Tower
+from trainer.training.trained import load_trained
 
 SPEC = """
 name: model_test

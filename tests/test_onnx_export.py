@@ -15,12 +15,13 @@ import pytest
 import tensorflow as tf
 import tf2onnx
 
-from serving.onnx_export import GRAPHS, export_onnx
-from serving.onnx_inputs import onnx_feeds, onnx_inputs, prerank_feeds
-from serving.prune import ZERO_ROW, prune_model
-from trainer.errors import DataError
-from trainer.input import InputConfig, make_pipeline
-from trainer.trained import load_trained
+from serving.onnx.export import GRAPHS, export_onnx
+from serving.onnx.inputs import onnx_feeds, onnx_inputs, prerank_feeds
+from serving.savedmodel.prune import ZERO_ROW, prune_model
+from trainer.errors import ExportError
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.training.trained import load_trained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, "feature_specs", "kuairand.yaml")
@@ -147,7 +148,7 @@ def test_never_seen_and_pruned_ids_give_the_tensorflow_vectors(exported, pruned,
 
 def test_an_existing_out_dir_is_refused(trained_small, spec, tmp_path):
     (tmp_path / "onnx").mkdir()
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(ExportError, match="already exists"):
         export_onnx(spec, trained_small[0], str(tmp_path / "onnx"), data=trained_small[1])
 
 

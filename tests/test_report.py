@@ -6,7 +6,7 @@ import os
 import pytest
 
 from trainer.errors import DataError
-from trainer.report import read_history, write_report
+from trainer.evaluation.report import read_history, write_report
 
 PNGS = ["losses.png", "lambda.png", "auc.png", "consistency.png", "sparsity.png"]
 

@@ -235,7 +235,7 @@ def test_unknown_top_level_key(tmp_path):
     text = BASE + "lables: []\n"
     err, path = spec_error(tmp_path, text)
     assert_issue(err, path, line_of(text, "lables"), "lables", "unknown key",
-                 "data, description, features, group_key, labels, model, name, sample_weight, training")
+                 "data, description, features, group_key, labels, model, name, plugins, sample_weight, training")
 
 
 def test_wrong_type(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 import tensorflow as tf
 
-from trainer.example_io import Column, write_shards
+from trainer.data.writers import Column, write_shards
 from trainer.spec import load_spec, parse_spec
-from trainer.synthetic import SyntheticResult, generate
+from trainer.data.datasets.synthetic import SyntheticResult, generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ROWS = 6000

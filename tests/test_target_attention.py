@@ -4,7 +4,8 @@ import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from trainer.target_attention import AttentionPair, TargetAttention, attention_pairs
+from trainer.layers.target_attention import TargetAttention
+from trainer.spec.attention import AttentionPair, attention_pairs
 
 
 def test_pairs_are_the_user_sequences_on_an_item_features_table(spec):

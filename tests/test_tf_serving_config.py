@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.tf_serving_config import (
+from serving.tf_serving.config import (
     BATCHING_PARAMETERS,
     CONFIG_DIR,
     MODELS_CONFIG,
@@ -14,7 +14,7 @@ from serving.tf_serving_config import (
     load_batching_parameters,
     load_model_server_config,
 )
-from trainer.errors import DataError
+from trainer.errors import ConfigError
 
 
 def dockerfile_stages() -> tuple[str, dict[str, dict]]:
@@ -104,7 +104,7 @@ def test_typo_in_models_config_names_file_line_and_expected_fields(tmp_path: Pat
     broken = tmp_path / "models.config"
     typo = MODELS_CONFIG.read_text().replace('    base_path: "/models/prerank"', '    base_pth: "/models/prerank"')
     broken.write_text(typo)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         load_model_server_config(broken)
     line = next(i for i, text in enumerate(broken.read_text().splitlines(), 1) if "base_pth" in text)
     message = str(info.value)
@@ -115,19 +115,19 @@ def test_typo_in_models_config_names_file_line_and_expected_fields(tmp_path: Pat
 def test_typo_in_batching_parameters_names_file_and_line(tmp_path: Path):
     broken = tmp_path / "batching.pbtxt"
     broken.write_text("max_batch_size { value: 32 }\nbatch_timout_micros { value: 1000 }\n")
-    with pytest.raises(DataError, match=rf"{re.escape(str(broken))}:2:.*batch_timout_micros.*batch_timeout_micros"):
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(broken))}:2:.*batch_timout_micros.*batch_timeout_micros"):
         load_batching_parameters(broken)
 
 
 def test_unbalanced_brace_names_file_and_line(tmp_path: Path):
     broken = tmp_path / "models.config"
     broken.write_text('model_config_list {\n  config {\n    name: "prerank"\n')
-    with pytest.raises(DataError, match=rf"{re.escape(str(broken))}:\d+:\d+: .*\}}"):
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(broken))}:\d+:\d+: .*\}}"):
         load_model_server_config(broken)
 
 
-def test_missing_file_is_a_data_error(tmp_path: Path):
-    with pytest.raises(DataError, match="nope.config"):
+def test_missing_file_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="nope.config"):
         load_model_server_config(tmp_path / "nope.config")
 
 
@@ -159,7 +159,7 @@ def test_missing_file_is_a_data_error(tmp_path: Path):
 def test_check_model_server_config_rejects(tmp_path: Path, body: str, problem: str):
     path = tmp_path / "models.config"
     path.write_text(f"model_config_list {{ {body} }}\n")
-    with pytest.raises(DataError, match=re.escape(problem)):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
         check_model_server_config(load_model_server_config(path), str(path))
 
 
@@ -199,5 +199,5 @@ def test_check_model_server_config_accepts_labels_on_kept_versions(tmp_path: Pat
 def test_check_batching_parameters_rejects(tmp_path: Path, text: str, problem: str):
     path = tmp_path / "batching.pbtxt"
     path.write_text(text)
-    with pytest.raises(DataError, match=re.escape(problem)):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
         check_batching_parameters(load_batching_parameters(path), str(path))

@@ -4,7 +4,7 @@ import os
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
 from trainer.spec import load_spec
-from trainer.train_bench import step_times, with_table_rows
+from benchmarks.train_bench import step_times, with_table_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

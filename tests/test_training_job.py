@@ -20,7 +20,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.spec import load_spec
-from trainer.synthetic import generate
+from trainer.data.datasets.synthetic import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = """\
@@ -228,7 +228,7 @@ def test_resuming_refuses_a_changed_spec_or_model_knob_but_accepts_a_longer_run(
                                       "--set", "model.student.similarity=cosine",
                                       "--set", "training.seed=7")]) == 2
     err = capsys.readouterr().err
-    assert f"data error: {model_dir} was trained with another spec or config" in err
+    assert f"config error: {model_dir}/run.json: this model directory was trained with another spec or config" in err
     assert 'config: model.student.similarity: "dot" -> "cosine"' in err
     assert "config: training.seed: 0 -> 7" in err and "max_steps" not in err
 
@@ -311,6 +311,6 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, 
                                        (procs[1], logs[1], procs[0], "none")):
         code, output = wait(proc, log, other)
         assert code == 2, output[-4000:]
-        assert f"data error: the workers would resume from different checkpoints (this one: {resuming}); " \
+        assert f"model directory error: the workers would resume from different checkpoints (this one: {resuming}); " \
                "give every worker the same --model-dir, on a filesystem they share" in output
     assert checkpoint_state(model_dir)[0] == steps + 2

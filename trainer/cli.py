@@ -1,4 +1,12 @@
-"""The `prerank` command line."""
+"""The `prerank` command line: argparse over the Python API of both packages.
+
+The top layer: it may import every stage of `trainer` and `serving`, and
+nothing imports it (`trainer.task` is its `python -m trainer.task` alias). Each
+command imports what it runs when it runs (the only lazy imports of the
+project), so `prerank validate` starts without TensorFlow. Bad input of any
+kind (`trainer.errors.PrerankError`) is printed with its label ("config
+error: ...") and exits 2.
+"""
 import argparse
 import logging
 import os
@@ -9,34 +17,46 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # and its Python-side retracing notes
 
 import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
-from trainer.errors import DataError, SpecError  # noqa: E402
+from trainer.errors import ExportError, IssuesError, PrerankError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
 
-def run_reporting_errors(job: Callable[[], object]) -> int:
-    """Run `job`; print spec/data errors plainly and return 2 instead of a traceback."""
-    try:
-        job()
-    except SpecError as exc:
-        print(f"{len(exc.issues)} error(s) in the spec:", file=sys.stderr)
+def report_error(exc: PrerankError) -> None:
+    """Print an error with its label: one line, or the label and one indented line per issue."""
+    if isinstance(exc, IssuesError) and len(exc.issues) > 1:
+        print(f"{exc.label}: {len(exc.issues)} problems in {exc.what}:", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except DataError as exc:
-        print(f"data error: {exc}", file=sys.stderr)
+    else:
+        print(f"{exc.label}: {exc}", file=sys.stderr)
+
+
+def run_reporting_errors(job: Callable[[], object]) -> int:
+    """Run `job`; print prerank's errors plainly and return 2 instead of a traceback."""
+    try:
+        job()
+    except PrerankError as exc:
+        report_error(exc)
         return EXIT_BAD_INPUT
     return 0
 
 
+# ---- commands ----
+
 def _validate(args: argparse.Namespace) -> None:
-    from trainer.spec import load_spec
-    from trainer.summary import spec_table
-    print(spec_table(load_spec(args.spec)))
+    from trainer.config.loader import load_config
+    from trainer.spec.loader import load_spec
+    from trainer.spec.summary import spec_table
+    spec = load_spec(args.spec)
+    config = load_config(spec, args.config)
+    print(spec_table(spec))
+    plugins = f"; plugins: {', '.join(config.plugins)}" if config.plugins else ""
+    print(f"config ({args.config or 'the spec file'}): model.mode {config.model.mode}{plugins}")
 
 
 def _convert_kuairand(args: argparse.Namespace) -> None:
-    from trainer.kuairand import convert_kuairand
+    from trainer.data.datasets.kuairand import convert_kuairand
     result = convert_kuairand(args.src, args.out, fmt=args.format, shards_per_date=args.shards_per_date,
                               compression=args.compression)
     for date, n in result.rows_per_date.items():
@@ -46,13 +66,11 @@ def _convert_kuairand(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from trainer.analyze import analyze
-    from trainer.spec import load_spec
+    from trainer.data.splits import resolve_data
+    from trainer.preprocessing.analyze import analyze
+    from trainer.spec.loader import load_spec
     spec = load_spec(args.spec)
-    data = args.data or spec.data.train
-    if not data:
-        raise DataError(f"{args.spec}: no data to analyze: give --data or set data.train in the spec")
-    fitted = analyze(spec, data)
+    fitted = analyze(spec, resolve_data(args.data, spec, "train", purpose="data to analyze"))
     path = fitted.save(args.out)
     for table, ids in fitted.vocabularies.items():
         print(f"vocabulary {table}: {len(ids)} ids")
@@ -62,15 +80,15 @@ def _analyze(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from trainer.input import InputConfig, make_pipeline
-    from trainer.spec import load_spec
-    from trainer.summary import batch_table
+    from trainer.data.input_config import InputConfig
+    from trainer.data.pipeline import make_pipeline
+    from trainer.data.splits import resolve_data
+    from trainer.data.summary import batch_table
+    from trainer.spec.loader import load_spec
     spec = load_spec(args.spec)
-    data = args.data or spec.data.train
-    if not data:
-        raise DataError(f"{args.spec}: give --data or set data.train in the spec")
-    config = InputConfig(batch_size=args.batch_size, skip_corrupt=args.skip_corrupt)
-    pipeline = make_pipeline(spec, data, config, fmt=args.format)
+    data = resolve_data(args.data, spec, "train", purpose="data to inspect")
+    pipeline = make_pipeline(spec, data, InputConfig(batch_size=args.batch_size, skip_corrupt=args.skip_corrupt),
+                             fmt=args.format)
     for batch in pipeline:
         print(batch_table(batch))
         break
@@ -79,56 +97,46 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from trainer.spec import load_spec
-    from trainer.synthetic import generate
+    from trainer.data.datasets.synthetic import generate
+    from trainer.spec.loader import load_spec
     result = generate(load_spec(args.spec), args.rows, args.out, fmt=args.format, n_shards=args.shards,
                       seed=args.seed)
     print(f"{result.n_rows} rows in {len(result.files)} files -> {args.out}")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from trainer.task import run
-    run(args)
+    from trainer.training.distribution import strategy_from_env
+    strategy = strategy_from_env()  # first: a multi-worker strategy must exist before other TensorFlow work
+    from trainer.api import train
+    from trainer.config.loader import load_config
+    from trainer.spec.loader import load_spec
+    spec = load_spec(args.spec)
+    config = load_config(spec, args.config, args.set)
+    train(spec, config, args.model_dir, data=args.data, validation=args.validation, strategy=strategy,
+          skip_corrupt=args.skip_corrupt, refit=args.refit)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import os
-
-    from trainer.evaluate import evaluate_model
-    from trainer.items import build_catalog
-    from trainer.run_record import write_json_atomic
-    from trainer.spec import load_spec
-    from trainer.summary import metrics_table
-    from trainer.trained import load_trained, recorded_config
-    spec = load_spec(args.spec)
-    data = args.data or spec.data.eval
-    if not data:
-        raise DataError(f"{args.spec}: no evaluation data: give --data or set data.eval in the spec")
+    from trainer.api import evaluate
+    from trainer.evaluation.summary import metrics_table
+    from trainer.training.layout import EVALUATION_FILE
     sampled = tuple(int(k) for k in args.sampled.split(",")) if args.sampled else (0,)
-    catalog = None
-    if any(sampled):
-        items_from = args.items or spec.data.train or data
-        id_feature = recorded_config(args.model_dir).model.student.dual_augmented.item_feature
-        catalog = build_catalog(spec, items_from, id_feature)
-        print(f"item table: {catalog.size} items from {items_from}")
-    model = load_trained(spec, args.model_dir, data, catalog)
-    result = evaluate_model(model, data, args.batch_size, args.max_batches, sampled, seed=args.seed)
-    result = {"data": data, "checkpoint": model.checkpoint_path, **result}
-    path = os.path.join(args.model_dir, "evaluation.json")
-    write_json_atomic(path, result)
-    print(f"{data} ({result['rows']} rows), {model.checkpoint_path}:\n{metrics_table(result)}\n-> {path}")
+    result = evaluate(args.spec, args.model_dir, args.data, sampled, args.items, args.batch_size, args.max_batches,
+                      args.seed)
+    print(f"{result['data']} ({result['rows']} rows), {result['checkpoint']}:\n{metrics_table(result)}\n"
+          f"-> {os.path.join(args.model_dir, EVALUATION_FILE)}")
 
 
 def _report(args: argparse.Namespace) -> None:
-    from trainer.report import write_report
+    from trainer.evaluation.report import write_report
     for path in write_report(args.model_dir, args.out):
         print(path)
 
 
 def _export(args: argparse.Namespace) -> None:
-    from serving.export import export_model
-    from serving.prune import report_table
-    from trainer.spec import load_spec
+    from serving.savedmodel.export import export_model
+    from serving.savedmodel.prune import report_table
+    from trainer.spec.loader import load_spec
     result = export_model(load_spec(args.spec), args.model_dir, args.export_base, args.version, args.data,
                           prune=not args.no_prune)
     if result.pruning:
@@ -141,7 +149,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _verify_export(args: argparse.Namespace) -> None:
-    from serving.verify import TOLERANCE, verify_export
+    from serving.savedmodel.verify import TOLERANCE, verify_export
     result = verify_export(args.export_dir, args.data, args.batches)
     print(result.signatures)
     print("warmup requests run: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warmup.items())))
@@ -149,32 +157,50 @@ def _verify_export(args: argparse.Namespace) -> None:
     for key, diff in sorted(result.max_diff.items()):
         print(f"  {key:<32}{diff:.3g}{'' if diff <= TOLERANCE else '  FAIL'}")
     if not result.ok:
-        raise DataError(f"{result.path}: outputs differ from the trained model by more than {TOLERANCE}")
+        raise ExportError(f"{result.path}: outputs differ from the trained model by more than {TOLERANCE}")
     print(f"{result.path}: verified")
 
 
 def _onnx(args: argparse.Namespace) -> None:
-    from serving.onnx_export import export_onnx
-    from trainer.spec import load_spec
+    from serving.onnx.export import export_onnx
+    from trainer.spec.loader import load_spec
     result = export_onnx(load_spec(args.spec), args.model_dir, args.out, args.data)
     print(f"{', '.join(sorted(result.graphs))} -> {result.path} (inputs.json and README.md describe the inputs)")
 
 
 def _embed_items(args: argparse.Namespace) -> None:
-    from serving.embed_items import embed_items
+    from serving.item_store.embed import embed_items
     data = args.data.split(",") if args.data else None
     result = embed_items(args.export_dir, args.store, data, args.batch_size)
     note = f" (resumed at item {result.resumed_from})" if result.resumed_from else ""
     print(f"{result.items} item vectors of model version {result.model_version} -> {result.store_path}{note}")
 
 
+# ---- the parser ----
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `prerank train` (and `python -m trainer.task`)."""
+    parser.add_argument("spec", help="feature spec YAML (its model: / training: sections configure the job)")
+    parser.add_argument("--model-dir", required=True, help="where preprocessing, checkpoints and logs go")
+    parser.add_argument("--config", help="YAML with model: / training: / plugins: sections (default: the spec "
+                                         "file's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set training.max_steps=100 (repeatable)")
+    parser.add_argument("--data", help="training files glob (default: the spec's data.train)")
+    parser.add_argument("--validation", help="validation files glob (default: the spec's data.validation)")
+    parser.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records")
+    parser.add_argument("--refit", action="store_true", help="fit the preprocessing again even if saved")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.task import add_arguments as add_train_arguments
     parser = argparse.ArgumentParser(prog="prerank", description="Pre-ranking training framework.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="validate a spec and print its summary table (exit 2 on errors)")
+    p = sub.add_parser("validate", help="validate a spec (and its config) and print its summary table (exit 2 on "
+                                        "errors)")
     p.add_argument("spec")
+    p.add_argument("--config", help="a separate config file to validate with the spec (default: the spec file's "
+                                    "model: / training: / plugins: sections)")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("convert-kuairand", help="convert the KuaiRand parquet files to tf.Example shards by date")
@@ -266,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_reporting_errors(lambda: args.func(args))
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.task`: the arguments of `prerank train`."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.task", description="The training job (prerank train).")
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_reporting_errors(lambda: _train(args))
 
 
 if __name__ == "__main__":

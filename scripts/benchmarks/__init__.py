@@ -1,0 +1,1 @@
+"""Benchmark and sweep logic run by the scripts beside this folder (not part of the installed packages)."""

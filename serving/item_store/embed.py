@@ -1,0 +1,72 @@
+"""`prerank embed-items`: the vector of every catalog item, through an export's item_embedding signature.
+
+The catalog is the item table of the data (`trainer.data.catalog.build_catalog`: each
+item id with its item columns). Vectors go to a versioned store
+(`serving.item_store.writer`) under the export's model version, so a store never mixes
+vectors of two versions; a killed run resumes from its last whole part.
+"""
+import os
+from dataclasses import dataclass
+
+import tensorflow as tf
+from tqdm import tqdm
+
+from serving.item_store.writer import StoreWriter
+from serving.savedmodel.layout import read_manifest, resolve_version_dir
+from serving.savedmodel.signatures import input_columns, serving_inputs
+from trainer.data.catalog import ItemCatalog, build_catalog
+from trainer.data.splits import resolve_data
+from trainer.errors import ExportError
+from trainer.spec.loader import load_spec
+from trainer.spec.sides import id_feature as item_id_feature
+from trainer.spec.types import Spec
+
+
+@dataclass
+class EmbeddedItems:
+    store_path: str
+    model_version: int
+    items: int
+    resumed_from: int  # items already in the store's partial write when this run started
+
+
+def embed_catalog(item_embedding, spec: Spec, catalog: ItemCatalog, writer: StoreWriter, batch_size: int,
+                  progress: bool = True) -> None:
+    """Write the vectors of catalog items from `writer.next_offset` on, `batch_size` items a call."""
+    columns = input_columns(spec, "item")
+    start = writer.next_offset
+    with tqdm(total=catalog.size, initial=start, unit="item", disable=not progress) as bar:
+        for offset in range(start, catalog.size, batch_size):
+            rows = slice(offset, min(offset + batch_size, catalog.size))
+            chunk = {c.name: catalog.columns[c.name][rows] for c in columns}
+            inputs = serving_inputs(chunk, columns)
+            vectors = item_embedding(**{k: tf.constant(v) for k, v in inputs.items()})["item_vector"].numpy()
+            writer.write(catalog.ids[rows], vectors, offset=offset)
+            bar.update(rows.stop - rows.start)
+
+
+def embed_items(export_path: str, store_dir: str, data: str | list[str] | None = None, batch_size: int = 4096,
+                progress: bool = True) -> EmbeddedItems:
+    """Embed the catalog of `data` (default: the spec's train and eval files) with the export at
+    `export_path` (a version directory or a base directory: its newest version) into `store_dir`."""
+    export_dir = resolve_version_dir(export_path)
+    manifest = read_manifest(export_dir)
+    spec = load_spec(manifest["spec"])
+    data = data or [p for p in (spec.data.train, spec.data.eval) if p] \
+        or resolve_data(None, spec, "train", "eval", purpose="data to build the item table from")
+    loaded = tf.saved_model.load(export_dir)
+    if "item_embedding" not in loaded.signatures:
+        raise ExportError(f"{export_dir}: the export has no item_embedding signature (a teacher-only model?)")
+    item_embedding = loaded.signatures["item_embedding"]
+    id_feature = spec.feature(item_id_feature(spec, "item"))
+    dim = int(item_embedding.structured_outputs["item_vector"].shape[-1])
+    writer = StoreWriter(store_dir, int(manifest["version"]), dim=dim,  # refuses a complete version first
+                         id_dtype="string" if id_feature.dtype == "string" else "int64",
+                         export_dir=os.path.abspath(export_dir), id_column=id_feature.columns[0],
+                         metadata={"data": data, "checkpoint": manifest["checkpoint"]})
+    catalog = build_catalog(spec, data, id_feature.name)
+    resumed = writer.next_offset
+    embed_catalog(item_embedding, spec, catalog, writer, batch_size, progress)
+    path = writer.finish()
+    return EmbeddedItems(str(path), int(manifest["version"]), catalog.size, resumed)
+

@@ -1,0 +1,108 @@
+"""`prerank export`: a pruned, versioned SavedModel for TF Serving.
+
+Layout: BASE/<version>/ (an integer, TF Serving's), holding saved_model.pb,
+variables/ and assets.extra/ (warmup requests, `prerank_export.json` recording
+where the export came from and what pruning did). A version is written into
+BASE/.tmp-<version>-<host>-<pid> and renamed into place in one step, so TF Serving's
+file watcher (which ignores names that are not integers) never sees half a
+version (`trainer.files`); an existing version is never overwritten;
+leftovers of a killed export are removed by the next one.
+"""
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from serving.savedmodel.layout import MANIFEST, MODEL_NAME, directory_bytes, versions
+from serving.savedmodel.prune import TablePruning, prune_model
+from serving.savedmodel.signatures import ServingModule
+from serving.savedmodel.warmup import write_warmup
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.data.splits import resolve_data
+from trainer.errors import ConfigError, ExportError
+from trainer.files import atomic_write, publish_directory, remove_stale_temporaries, temporary_for
+from trainer.spec.loader import load_spec
+from trainer.spec.types import Spec
+from trainer.training.trained import load_trained
+
+
+@dataclass
+class ExportResult:
+    """What `export_model` wrote."""
+
+    path: str
+    version: int
+    pruning: list[TablePruning]
+    variables_bytes_before: int | None  # the unpruned SavedModel's variables/ (None: not measured)
+    variables_bytes_after: int
+
+
+def save_module(module: ServingModule, path: str) -> None:
+    """Write the module as a SavedModel with its signatures."""
+    tf.saved_model.save(module, path, signatures=dict(module.functions))
+
+
+def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int | None = None,
+                 sample_data: str | list[str] | None = None, prune: bool = True, measure_unpruned: bool = True,
+                 log: Callable[[str], None] = print) -> ExportResult:
+    """Export the latest checkpoint of `model_dir` as BASE/<version>; nothing is left behind if it fails.
+
+    Args:
+      spec: the model's Spec, or the path of its spec file.
+      model_dir: a trained model directory.
+      base_dir: TF Serving's base path; the version goes in BASE/<version>.
+      version: a positive integer, never an existing one (default: the newest in BASE plus one).
+      sample_data: rows for the warmup requests (default: the spec's data.eval, else data.train).
+      prune: prune all-zero and never-updated rows (`serving.savedmodel.prune`).
+      measure_unpruned: also write the unpruned SavedModel once, to report the bytes pruning saves.
+      log: where progress lines go.
+    """
+    spec = load_spec(spec) if isinstance(spec, str) else spec
+    os.makedirs(base_dir, exist_ok=True)
+    remove_stale_temporaries(base_dir)
+    existing = versions(base_dir)
+    version = version if version is not None else (existing[-1] + 1 if existing else 1)
+    final = os.path.join(base_dir, str(version))
+    if version <= 0:
+        raise ConfigError.single("--version", "", f"expected a positive integer (TF Serving's versions), "
+                                                  f"got {version}")
+    if os.path.exists(final):
+        raise ExportError(f"{final} already exists: a version is never overwritten; choose another --version "
+                          f"(existing: {existing})")
+    sample_data = resolve_data(sample_data, spec, "eval", "train", purpose="rows for the warmup requests")
+    model = load_trained(spec, model_dir, sample_data)
+    checkpoint = model.checkpoint_path
+    temp = temporary_for(final)
+    try:
+        before = None
+        if measure_unpruned and prune:
+            save_module(ServingModule(model), temp + ".unpruned")
+            before = directory_bytes(os.path.join(temp + ".unpruned", "variables"))
+            shutil.rmtree(temp + ".unpruned")
+        pruning = prune_model(model, checkpoint) if prune else []
+        module = ServingModule(model)
+        log(f"writing {temp} ...")
+        save_module(module, temp)
+        batch = next(iter(make_pipeline(spec, sample_data, InputConfig(batch_size=64, shuffle_buffer=0))))
+        names = [n for n in module.functions if n != "serving_default"]
+        write_warmup(temp, spec, names, batch["features"], MODEL_NAME)
+        after = directory_bytes(os.path.join(temp, "variables"))
+        manifest = {
+            "version": version, "model_name": MODEL_NAME, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
+            "spec": os.path.abspath(spec.path), "spec_fingerprint": spec.fingerprint, "warmup_data": sample_data,
+            "signatures": sorted(module.functions), "pruned": prune,
+            "pruning": [p.as_dict() for p in pruning],
+            "variables_bytes": {"before": before, "after": after}}
+        atomic_write(os.path.join(temp, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+        publish_directory(temp, final)  # one step: TF Serving sees the whole version or none
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(temp + ".unpruned", ignore_errors=True)
+        raise
+    return ExportResult(final, version, pruning, before, after)

@@ -1,0 +1,126 @@
+"""`prerank verify-export`: check an export the way TF Serving would use it.
+
+Loads the SavedModel with `tf.saved_model.load`, lists its signatures (as
+`saved_model_cli show --all` does), runs every warmup request through its
+signature, and compares every signature's outputs with the trained model's
+on a sample of evaluation data. The reference is the trained checkpoint with
+never-updated rows set to zero (the export's treatment of never-seen ids), so
+any difference is an export error.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from serving.savedmodel.layout import read_manifest, resolve_version_dir
+from serving.savedmodel.prune import zero_never_updated
+from serving.savedmodel.signatures import fine_rank_outputs
+from serving.savedmodel.warmup import read_warmup, signature_inputs
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.errors import ExportError
+from trainer.spec.loader import load_spec
+from trainer.spec.sides import user_columns
+from trainer.training.trained import load_trained
+
+TOLERANCE = 1e-5
+
+
+@dataclass
+class Verification:
+    path: str
+    signatures: str  # the saved_model_cli-style listing
+    warmup: dict[str, int] = field(default_factory=dict)  # signature -> requests run
+    max_diff: dict[str, float] = field(default_factory=dict)  # signature/output -> max |export - trained|
+    rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(d <= TOLERANCE for d in self.max_diff.values())
+
+
+def describe_signatures(loaded) -> str:
+    """Signatures with input and output names, dtypes and shapes."""
+    lines = []
+    for name in sorted(loaded.signatures):
+        fn = loaded.signatures[name]
+        lines.append(f"signature_def['{name}']:")
+        lines.append("  inputs:")
+        for key, spec in sorted(fn.structured_input_signature[1].items()):
+            lines.append(f"    {key}: {spec.dtype.name} {_shape(spec.shape)}")
+        lines.append("  outputs:")
+        for key, spec in sorted(fn.structured_outputs.items()):
+            lines.append(f"    {key}: {spec.dtype.name} {_shape(spec.shape)}")
+    return "\n".join(lines)
+
+
+def _shape(shape: tf.TensorShape) -> str:
+    return "(" + ", ".join("-1" if d is None else str(d) for d in shape.as_list()) + ")"
+
+
+def run_warmup(loaded, export_dir: str) -> dict[str, int]:
+    """Run each warmup request through its signature; fail on a missing signature or a non-finite output."""
+    counts: dict[str, int] = {}
+    for request in read_warmup(export_dir):
+        name = request.model_spec.signature_name or "serving_default"
+        if name not in loaded.signatures:
+            raise ExportError(f"{export_dir}: a warmup request names signature '{name}', which the export lacks")
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        for key, value in loaded.signatures[name](**inputs).items():
+            if not np.all(np.isfinite(value.numpy())):
+                raise ExportError(f"{export_dir}: warmup request of '{name}': output '{key}' is not finite")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def reference_outputs(model, signature: str, features: dict, candidates: int) -> dict[str, np.ndarray]:
+    """What the trained model gives for `signature`'s outputs on the same rows."""
+    rows = {k: v[:candidates] for k, v in features.items()}
+    if signature == "user_embedding":
+        u = model.user_vector(rows)
+        return {"user_vector": u.numpy(), "logit_bias": np.full(len(u), model.similarity.bias.numpy())}
+    if signature == "item_embedding":
+        return {"item_vector": model.item_vector(rows).numpy()}
+    if signature in ("pairwise", "prerank"):
+        if signature == "prerank":  # row 0's user against every candidate
+            users = set(user_columns(model.spec))
+            rows = {k: (tf.gather(v, tf.zeros([candidates], tf.int32)) if k in users else v)
+                    for k, v in rows.items()}
+        out = model(rows)
+        logit = out.student_logit.numpy()
+        return {"logit": logit, "score": tf.sigmoid(logit).numpy()}
+    return {k: v.numpy() for k, v in fine_rank_outputs(model, rows).items()}
+
+
+def verify_export(path: str, data: str | None = None, batches: int = 4, batch_size: int = 256) -> Verification:
+    """Verify the export at `path` (a version directory, or a base directory: its newest version)."""
+    export_dir = resolve_version_dir(path)
+    loaded = tf.saved_model.load(export_dir)
+    result = Verification(export_dir, describe_signatures(loaded))
+    result.warmup = run_warmup(loaded, export_dir)
+    manifest = read_manifest(export_dir)
+    spec = load_spec(manifest["spec"])
+    if spec.fingerprint != manifest["spec_fingerprint"]:
+        raise ExportError(f"{manifest['spec']} changed since the export (fingerprint {spec.fingerprint}, "
+                        f"export {manifest['spec_fingerprint']})")
+    data = data or spec.data.eval or manifest["warmup_data"]  # the export's own warmup rows exist in any case
+    model = load_trained(spec, manifest["model_dir"], data, checkpoint=manifest["checkpoint"])
+    if manifest["pruned"]:
+        zero_never_updated(model, manifest["checkpoint"])
+    names = [n for n in loaded.signatures if n != "serving_default"]
+    pipeline = make_pipeline(spec, data, InputConfig(batch_size=batch_size, shuffle_buffer=0))
+    for i, batch in enumerate(pipeline):
+        if i >= batches:
+            break
+        features = batch["features"]
+        n = int(tf.shape(batch["sample_weight"])[0])
+        result.rows += n
+        for name in names:
+            inputs = signature_inputs(spec, name, features, n)
+            got = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+            want = reference_outputs(model, name, features, n)
+            for key, value in want.items():
+                diff = float(np.max(np.abs(got[key].numpy() - value))) if value.size else 0.0
+                label = f"{name}/{key}"
+                result.max_diff[label] = max(result.max_diff.get(label, 0.0), diff)
+    return result

@@ -1,0 +1,183 @@
+"""The Python API of the training side: `train` (the training job) and `evaluate` (a trained model on data).
+
+`prerank train` and `prerank evaluate` are thin layers over these two; both
+also write what the commands write (MODEL_DIR/metrics.json,
+MODEL_DIR/evaluation.json). `trainer.train` etc. are these functions
+(`trainer/__init__.py` loads this module on first use).
+
+The job sits above both `trainer.training` and `trainer.evaluation` because it
+runs both: it fits (or reloads) the preprocessing, trains under the strategy
+TF_CONFIG selects, evaluates on the validation data and writes the summary.
+"""
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from trainer.config.knobs import Config
+from trainer.config.loader import load_config, validate_config
+from trainer.data.catalog import build_catalog
+from trainer.data.splits import resolve_data
+from trainer.evaluation.evaluate import evaluate_model, flatten
+from trainer.evaluation.summary import metrics_table
+from trainer.files import write_json_atomic
+from trainer.models.joint import JointModel
+from trainer.preprocessing.analyze import analyze
+from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
+from trainer.spec.loader import load_spec
+from trainer.spec.types import Spec
+from trainer.training.distribution import is_chief, strategy_from_env
+from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
+from trainer.training.loop import Loop
+from trainer.training.run_record import check_or_record, recorded_config
+from trainer.training.trained import load_trained, restore_teacher
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    """What `train` did; `summary` is what it wrote to MODEL_DIR/metrics.json."""
+
+    model_dir: str
+    step: int  # the step the model is at
+    steps_run: int  # in this call (a resumed job runs fewer)
+    examples: int
+    seconds: float
+    resumed_from: int | None  # the checkpoint step it resumed from
+    last_losses: dict[str, float]
+    validation: dict | None  # the evaluation on the validation data (None: no validation data, or not the chief)
+    summary: dict
+
+
+def _spec(spec: Spec | str) -> Spec:
+    return load_spec(spec) if isinstance(spec, str) else spec
+
+
+def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refit: bool = False, save: bool = True,
+                         log: Log = print) -> Preprocessing:
+    """Load MODEL_DIR/preprocessing, or fit it on `data` and (if `save`: the chief) save it there.
+
+    The other workers of a multi-worker job never write: they load the chief's, or fit the same
+    preprocessing themselves (fitting is deterministic) while the chief may still be writing it.
+    """
+    directory = os.path.join(model_dir, PREPROCESSING_DIR)
+    if not refit and os.path.exists(os.path.join(directory, FILE_NAME)):
+        fitted = Preprocessing.load(directory)
+        if fitted.spec_fingerprint == spec.fingerprint:
+            fitted.check_matches(spec, directory)
+            return fitted
+        if save:
+            log(f"note: {directory} was fitted for another version of the spec; refitting")
+    fitted = analyze(spec, data)
+    if save:
+        fitted.save(directory)
+    return fitted
+
+
+def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | list[str] | None = None,
+          validation: str | list[str] | None = None, strategy: tf.distribute.Strategy | None = None,
+          skip_corrupt: bool = False, refit: bool = False, log: Log = print) -> TrainResult:
+    """Train (or resume training) the model of `model_dir`.
+
+    Args:
+      spec: a Spec, or the path of a spec file.
+      config: the configuration; None: the spec file's `model:` / `training:` / `plugins:` sections. A Config
+        built in Python gets the checks of one read from YAML (ConfigError naming the field).
+      model_dir: where preprocessing, checkpoints and logs go; the same call resumes a killed job.
+      data: the training files (globs); default: the spec's data.train.
+      validation: files evaluated at training.eval_every and at the end; default: the spec's data.validation.
+      strategy: a tf.distribute strategy; default: the one TF_CONFIG selects (create it before other TensorFlow
+        work in a multi-worker job).
+      skip_corrupt: skip and count corrupt records instead of failing.
+      refit: fit the preprocessing again even if the model directory holds one (a new directory only).
+      log: where progress lines go.
+    """
+    spec = _spec(spec)
+    strategy = strategy or strategy_from_env()
+    config = validate_config(config, spec) if config is not None else load_config(spec)
+    t, m = config.training, config.model
+    data = resolve_data(data, spec, "train", purpose="training data")
+    validation = validation or spec.data.validation
+    chief = is_chief(strategy)  # the only worker that writes into MODEL_DIR
+    resumed = check_or_record(model_dir, spec, config, record=chief)
+    if m.mode == "student":
+        fitted = Preprocessing.load(preprocessing_dir(model_dir, config))
+        fitted.check_matches(spec, t.teacher_dir)
+    else:
+        fitted = fitted_preprocessing(spec, data, model_dir, refit and not resumed, save=chief, log=log)
+    log(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
+        f"fitted on {fitted.rows} rows")
+    catalog = None
+    if m.distill.cascade.enabled and m.distill.cascade.unexposed > 0:
+        catalog = build_catalog(spec, data, m.student.dual_augmented.item_feature)
+        log(f"item table: {catalog.size} items (sampling {m.distill.cascade.unexposed} unexposed per group)")
+
+    def build_model() -> JointModel:
+        tf.keras.utils.set_random_seed(t.seed)
+        model = JointModel(spec, fitted, config, catalog, name="joint")
+        if m.mode == "student":
+            restore_teacher(model, t.teacher_dir)
+        return model
+
+    def on_evaluate(model: JointModel, step: int) -> dict:
+        if not validation:
+            return {}
+        return flatten(evaluate_model(model, validation, max_batches=t.eval_batches), prefix="eval")
+
+    steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
+    loop = Loop(spec, config, model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate, skip_corrupt)
+    if loop.latest_checkpoint:
+        log(f"resuming from {loop.latest_checkpoint}")
+    result = loop.run()
+    log(f"trained to step {result.step} ({result.steps_run} steps here, {result.examples} examples, "
+        f"{result.seconds:.1f} s, {result.examples / max(result.seconds, 1e-9):.0f} examples/s)")
+    summary = {"step": result.step, "mode": m.mode, "training": {
+        "steps_run": result.steps_run, "examples": result.examples, "seconds": round(result.seconds, 2),
+        "resumed_from": result.resumed_from, "last_losses": result.last_losses}}
+    evaluation = None
+    if validation and chief:
+        started = time.time()
+        evaluation = evaluate_model(loop.model, validation, max_batches=t.eval_batches)
+        loop.log(result.step, flatten(evaluation, prefix="eval"))
+        summary["validation"] = {"data": validation, "seconds": round(time.time() - started, 2), **evaluation}
+        log(f"\nvalidation ({validation}):\n{metrics_table(evaluation)}")
+    if chief:
+        write_json_atomic(os.path.join(model_dir, METRICS_FILE), summary)
+    loop.barrier()  # the other workers wait for the chief's evaluation: all leave together
+    return TrainResult(model_dir, result.step, result.steps_run, result.examples, result.seconds,
+                       result.resumed_from, result.last_losses, summary.get("validation"), summary)
+
+
+def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = None, sampled: tuple[int, ...] = (0,),
+             items: str | list[str] | None = None, batch_size: int = 2048, max_batches: int | None = None,
+             seed: int = 0, log: Log = print) -> dict:
+    """Evaluate the latest checkpoint of `model_dir` and write MODEL_DIR/evaluation.json; the result.
+
+    Args:
+      spec: a Spec, or the path of a spec file.
+      model_dir: a trained model directory.
+      data: the evaluation files; default: the spec's data.eval.
+      sampled: numbers K of items sampled per group for the consistency candidate sets (0: exposures only).
+      items: files to build the item table from (default: the spec's data.train, else `data`).
+      batch_size: rows per evaluation batch.
+      max_batches: evaluate on at most this many batches.
+      seed: seed of the sampled items.
+      log: where progress lines go.
+    """
+    spec = _spec(spec)
+    data = resolve_data(data, spec, "eval", purpose="evaluation data")
+    catalog = None
+    if any(sampled):
+        items_from = items or spec.data.train or data
+        id_feature = recorded_config(model_dir).model.student.dual_augmented.item_feature
+        catalog = build_catalog(spec, items_from, id_feature)
+        log(f"item table: {catalog.size} items from {items_from}")
+    model = load_trained(spec, model_dir, data, catalog)
+    result = evaluate_model(model, data, batch_size, max_batches, tuple(sampled), seed=seed)
+    result = {"data": data, "checkpoint": model.checkpoint_path, **result}
+    write_json_atomic(os.path.join(model_dir, EVALUATION_FILE), result)
+    return result

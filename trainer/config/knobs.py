@@ -1,0 +1,193 @@
+"""Every knob of the model and training configuration, declared once with its default and a one-line doc.
+
+The knobs live in the `model:` and `training:` sections of the feature spec
+(or of a separate file given with `--config`), beside `plugins:`; see
+`trainer.config.loader` for how they are read and checked. A choice among
+registered components (towers, similarity, distillation and regression
+losses) is a `Component`: a name, optionally with `params:`.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.registry import DISTILLATION_LOSSES, REGRESSION_LOSSES, SIMILARITIES, TOWERS, Registry
+
+
+def knob(default: Any, doc: str, choices: tuple | None = None, registry: Registry | None = None) -> Any:
+    """Declare a config field.
+
+    Args:
+      default: its value when the config does not set it.
+      doc: what it does, in one line.
+      choices: the values it may take (None: any value of its type).
+      registry: for a `Component` knob, the registry whose names it may take.
+    """
+    meta = {"doc": doc, "choices": choices, "registry": registry}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component chosen by name; `params` are its own keyword arguments (custom components only).
+
+    In YAML either the name (``similarity: dot``) or a mapping (``{name: wide, params: {width: 128}}``).
+    """
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class SenetConfig:
+    enabled: bool = knob(False, "re-weight each tower's feature fields with a squeeze-excitation block")
+    reduction: int = knob(4, "excitation bottleneck: fields / reduction hidden units")
+
+
+@dataclass(frozen=True)
+class DualAugmentedConfig:
+    enabled: bool = knob(False, "add a learned augmentation vector per user id and per item id (dual augmented "
+                                "two-tower); each learns the other tower's output on positives")
+    user_feature: str | None = knob(None, "categorical user feature whose ids own the user vectors "
+                                          "(default: the first categorical user feature)")
+    item_feature: str | None = knob(None, "categorical item feature whose ids own the item vectors "
+                                          "(default: the first categorical item feature)")
+    mimic_weight: float = knob(1.0, "weight of the mimic loss (augmentation vector vs stop-gradient of the "
+                                    "other tower's output, on positives)")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    user_tower: list[int] = knob([512, 128, 64, 32], "user tower layer sizes; the last is the vector size")
+    item_tower: list[int] = knob([512, 128, 64, 32], "item tower layer sizes; the last must equal the user's")
+    towers: list[Component] = knob([Component("mlp")], "parallel towers per side, fused with learned weights "
+                                   "(built-in: mlp, dcn, fm; or a registered tower)", registry=TOWERS)
+    dcn_layers: int = knob(2, "cross layers of the dcn tower")
+    fm_dim: int = knob(16, "factor size of the fm tower")
+    senet: SenetConfig = knob(SenetConfig(), "squeeze-excitation field re-weighting")
+    similarity: Component = knob(Component("dot"), "how the two vectors make a score (built-in: dot, cosine, "
+                                                   "multi_head; or a registered similarity)", registry=SIMILARITIES)
+    temperature: float = knob(0.1, "cosine: the score is cosine / temperature")
+    heads: int = knob(4, "multi_head: the vectors are split into this many sub-vectors")
+    dual_augmented: DualAugmentedConfig = knob(DualAugmentedConfig(), "dual augmented vectors")
+    task: str | None = knob(None, "the label the student learns (default: the spec's first binary label)")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    experts: int = knob(4, "MMoE experts")
+    expert_layers: list[int] = knob([256, 128], "layer sizes of each expert")
+    task_tower: list[int] = knob([64], "layer sizes of each task's tower above its gate")
+    dropout: float = knob(0.0, "dropout rate after each expert layer, in training")
+    regression_loss: Component = knob(Component("mse"), "regression tasks: mse on the (transformed) target, "
+                                      "weighted_logistic (odds estimate the target), or a registered loss",
+                                      registry=REGRESSION_LOSSES)
+    fused_score: str = knob("weighted_sum", "how task predictions make the ranking score the student learns",
+                            choices=("weighted_sum", "product"))
+    fused_weights: dict[str, float] = knob({}, "task -> weight in the fused score (default: the student's task, 1)")
+    target_attention: bool = knob(False, "also pool each user history sequence with weights from the candidate "
+                                         "(DIN-style), for every item feature sharing its table")
+    attention_hidden: int = knob(32, "hidden units of the target attention's scoring MLP")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: str = knob("linear", "how lambda grows", choices=("constant", "linear", "sigmoid"))
+    max: float = knob(1.0, "lambda's final value")
+    start_step: int = knob(0, "lambda is 0 before this step")
+    ramp_steps: int = knob(1000, "linear / sigmoid: steps from start_step to (about) max")
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    enabled: bool = knob(False, "the student learns the teacher's top-N of each group instead of the labels")
+    top_n: int = knob(1, "teacher's top-N candidates of a group become the student's positives")
+    unexposed: int = knob(0, "items sampled per group from the item table (never shown; teacher labels only)")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    loss: Component = knob(Component("cross_entropy"), "mse (logits), cross_entropy (teacher probability at a "
+                           "temperature), pairwise (teacher's order within a group), or a registered loss",
+                           registry=DISTILLATION_LOSSES)
+    temperature: float = knob(1.0, "cross_entropy: both logits are divided by this")
+    schedule: ScheduleConfig = knob(ScheduleConfig(), "lambda(step), the distillation weight")
+    drop_label_loss_after: int | None = knob(None, "from this step on the student learns from the teacher only")
+    cascade: CascadeConfig = knob(CascadeConfig(), "cascade mode")
+
+
+@dataclass(frozen=True)
+class FtrlConfig:
+    learning_rate: float = knob(0.05, "FTRL learning rate (embedding tables)")
+    l1: float = knob(0.0, "L1 strength: drives rows to exactly zero (pruned at export)")
+    l2: float = knob(0.0, "L2 strength")
+    initial_accumulator: float = knob(0.001, "FTRL initial accumulator value (large values slow early learning)")
+
+
+@dataclass(frozen=True)
+class AdagradConfig:
+    learning_rate: float = knob(0.05, "AdaGrad learning rate (every non-embedding variable)")
+    initial_accumulator: float = knob(0.001, "AdaGrad initial accumulator value (large values slow early learning)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    mode: str = knob("joint", "joint: student and teacher together; teacher: the teacher alone; student: a "
+                              "student distilled from a saved teacher (training.teacher_dir)",
+                     choices=("joint", "teacher", "student"))
+    student: StudentConfig = knob(StudentConfig(), "the two-tower student")
+    teacher: TeacherConfig = knob(TeacherConfig(), "the MMoE teacher")
+    distill: DistillConfig = knob(DistillConfig(), "distillation from teacher to student")
+    ftrl: FtrlConfig = knob(FtrlConfig(), "optimizer of the embedding tables")
+    adagrad: AdagradConfig = knob(AdagradConfig(), "optimizer of the dense layers")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = knob(1024, "examples per step (global, across workers)")
+    epochs: int = knob(1, "passes over the training data")
+    max_steps: int | None = knob(None, "stop after this many steps (default: when the epochs end)")
+    shuffle_buffer: int = knob(10_000, "examples in the shuffle buffer (0: read in file order)")
+    seed: int = knob(0, "seed of initialisation and shuffling")
+    deterministic: bool = knob(False, "read and shuffle the training data in a fixed, seeded order (every epoch "
+                                      "alike), so a run, and a resumed run, can be reproduced exactly; slower")
+    log_every: int = knob(50, "steps between TensorBoard scalars / history lines")
+    checkpoint_every: int = knob(500, "steps between checkpoints")
+    keep_checkpoints: int = knob(3, "checkpoints kept")
+    eval_every: int = knob(0, "steps between evaluations on the validation data (0: only at the end)")
+    eval_batches: int | None = knob(None, "batches read per evaluation (default: all)")
+    teacher_dir: str | None = knob(None, "mode student: model directory of the trained teacher")
+    progress: bool = knob(True, "show a progress bar")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a job. Built in Python it gets the same checks as one read from YAML
+    (`trainer.config.validate_config`, run by `trainer.train`)."""
+
+    model: ModelConfig = knob(ModelConfig(), "model, losses and optimizers")
+    training: TrainingConfig = knob(TrainingConfig(), "the training loop")
+    plugins: list[str] = knob([], "modules that register custom components (dotted module names, or .py files "
+                                  "relative to the config file); imported before the rest of the config is read")
+
+    def to_dict(self) -> dict:
+        """Plain data, as YAML would give it: a Component without params becomes its name."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Component):
+        return value.name if not value.params else {"name": value.name, "params": _plain(value.params)}
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+

@@ -1,0 +1,66 @@
+"""The item table: every distinct item of the data with its item-level columns, for sampling candidates.
+
+Cascade training and consistency evaluation add items a user was never shown.
+Their features are looked up by item id here. The catalog holds every column
+that no user or context feature reads (item features, their offline
+statistics, the item half of crosses); the user half of a candidate comes from
+the group's own row. Derived from the spec, never listed.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.errors import DataError
+from trainer.spec.sides import catalog_columns, id_feature
+from trainer.spec.types import Spec
+
+
+@dataclass
+class ItemCatalog:
+    """Items in first-seen order; `columns` maps column -> values per item (tf tensors, ragged for lists)."""
+
+    id_column: str
+    ids: np.ndarray
+    columns: dict[str, tf.Tensor | tf.RaggedTensor]
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def sample(self, n: tf.Tensor, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """Columns of `n` items drawn uniformly (with replacement)."""
+        if seed is None:
+            rows = tf.random.uniform([n], 0, self.size, dtype=tf.int64)
+        else:
+            rows = tf.random.stateless_uniform([n], seed, 0, self.size, dtype=tf.int64)
+        return {c: tf.gather(v, rows) for c, v in self.columns.items()}
+
+
+def build_catalog(spec: Spec, patterns: str, id_feature_name: str | None = None, batch_size: int = 4096) -> ItemCatalog:
+    """One pass over the data: the first-seen row of each item id, catalog columns only."""
+    id_column = spec.feature(id_feature(spec, "item", id_feature_name)).columns[0]
+    wanted = catalog_columns(spec)
+    config = InputConfig(batch_size=batch_size, shuffle_buffer=0, deterministic=True, check_values=False)
+    seen: dict = {}
+    parts: dict[str, list] = {c: [] for c in wanted}
+    order: list = []
+    for batch in make_pipeline(spec, patterns, config):
+        ids = batch["features"][id_column].numpy()
+        ids = ids.astype(object) if ids.dtype.kind == "S" else ids
+        _, first = np.unique(ids, return_index=True)
+        new = [i for i in sorted(first) if ids[i] not in seen]
+        if not new:
+            continue
+        for i in new:
+            seen[ids[i]] = len(seen)
+            order.append(ids[i])
+        index = tf.constant(new, tf.int64)
+        for c in wanted:
+            parts[c].append(tf.gather(batch["features"][c], index))
+    if not order:
+        raise DataError(f"no items found in {patterns}")
+    columns = {c: tf.concat(v, axis=0) for c, v in parts.items()}
+    return ItemCatalog(id_column, np.array(order), columns)

@@ -1,0 +1,171 @@
+"""Finding corrupt records: to skip and count them (`--skip-corrupt`), or to name them in an error.
+
+A TFRecord whose framing or checksum breaks cannot be read past that point:
+the readable prefix is kept and the rest of the file is reported as skipped.
+A CSV line is corrupt when its field count is wrong or a number in it does not
+parse; such lines are skipped one by one. Missing values are not corruption:
+they take the spec's default or fail.
+"""
+import csv
+import gzip
+import io
+import os
+from dataclasses import dataclass
+
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
+
+from trainer.data.probe import ParsePlan
+from trainer.data.records import RECORD_BITS, clean_message, tfrecord_compression
+from trainer.errors import DataError
+from trainer.spec.columns import RawColumn, raw_columns
+from trainer.spec.types import Spec
+
+_SCAN_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Corrupt data found in one file."""
+
+    file: str
+    records: int  # records (CSV lines) skipped; for a TFRecord, 1 for the unreadable tail
+    readable: int  # records that could be read
+    detail: str
+    lines: tuple[int, ...] = ()  # CSV: the skipped line numbers
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.detail}"
+
+
+def _tfrecord_readable(path: str, compression: str) -> tuple[int, str | None]:
+    """Records readable before the first corruption, and the error (None if the file is sound)."""
+    comp = tfrecord_compression(compression)
+    count = 0
+    try:
+        for batch in tf.data.TFRecordDataset(path, compression_type=comp).batch(_SCAN_BATCH):
+            count += int(batch.shape[0])
+        return count, None
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+        error = clean_message(exc.message)
+    # Find the exact point inside the failing window, one record at a time.
+    try:
+        for _ in tf.data.TFRecordDataset(path, compression_type=comp).skip(count):
+            count += 1
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        pass
+    return count, error
+
+
+def _csv_line_problem(row: list[str], header: list[str], plan: ParsePlan, spec: Spec,
+                      columns: dict[str, RawColumn]) -> str | None:
+    if len(row) != len(header):
+        return f"expected {len(header)} fields, found {len(row)}"
+    for name, col in columns.items():
+        cell = row[plan.csv_index[name]]
+        if cell == "":
+            continue
+        stored = plan.stored[name]
+        parts = cell.split(spec.data.list_delimiter) if col.shape != "scalar" else [cell]
+        for part in parts:
+            if stored == "string" or part == "":
+                continue
+            try:
+                int(part) if stored == "int64" else float(part)
+            except ValueError:
+                return f"column '{name}' (read by {col.read_by}): expected " \
+                       f"{'an integer' if stored == 'int64' else 'a number'}, got {part!r}"
+    return None
+
+
+def _csv_rows(path: str, compression: str):
+    opener = gzip.open if compression == "GZIP" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        text = fh.read()
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    for line_number, row in enumerate(reader, start=2):
+        yield header, line_number, row
+
+
+def _scan_file(spec: Spec, plan: ParsePlan, path: str) -> Skipped | None:
+    if plan.format == "tfrecord":
+        readable, error = _tfrecord_readable(path, plan.compression)
+        if error is None:
+            return None
+        return Skipped(path, 1, readable, f"corrupt record after {readable} readable record(s); "
+                                          f"the rest of the file is skipped ({error})")
+    columns = raw_columns(spec)  # once per file, not per line
+    bad = [(n, p) for header, n, row in _csv_rows(path, plan.compression)
+           if (p := _csv_line_problem(row, header, plan, spec, columns))]
+    if not bad:
+        return None
+    return Skipped(path, len(bad), -1, f"{len(bad)} corrupt line(s) skipped, first at line "
+                                       f"{bad[0][0]}: {bad[0][1]}", tuple(n for n, _ in bad))
+
+
+def scan(spec: Spec, plan: ParsePlan, files: list[str]) -> list[Skipped]:
+    """Every corrupt spot in `files` (reads them all once)."""
+    return [found for path in files if (found := _scan_file(spec, plan, path)) is not None]
+
+
+def keep_predicate(skipped: list[Skipped], files: list[str]):
+    """A vectorised filter on record ids (see trainer.data.records.RECORD_BITS) dropping the skipped CSV
+    lines, or None when there are none."""
+    index = {path: i for i, path in enumerate(files)}
+    keys = [(index[s.file] << RECORD_BITS) + n for s in skipped if s.file in index for n in s.lines]
+    if not keys:
+        return None
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.int64), tf.ones([len(keys)], tf.int64)),
+        default_value=0)
+
+    def keep(ids: tf.Tensor) -> tf.Tensor:
+        return tf.equal(table.lookup(ids), 0)
+
+    return keep
+
+
+def record_limits(skipped: list[Skipped], files: list[str]):
+    """A table file -> readable record count for corrupt TFRecords (-1 = read all), or None."""
+    limits = {s.file: s.readable for s in skipped if s.readable >= 0}
+    if not limits:
+        return None
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(limits)), tf.constant(list(limits.values()), tf.int64)),
+        default_value=-1)
+
+
+def _unparsable_record(path: str, compression: str) -> int | None:
+    """Index of the first record of a TFRecord file that is not a tf.Example, or None."""
+    comp = tfrecord_compression(compression)
+    try:
+        for i, record in enumerate(tf.data.TFRecordDataset(path, compression_type=comp).as_numpy_iterator()):
+            try:
+                example_pb2.Example.FromString(record)
+            except Exception:  # noqa: BLE001 (protobuf raises DecodeError subclasses)
+                return i
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        return None
+    return None
+
+
+def describe_corruption(spec: Spec, plan: ParsePlan, files: list[str], exc: tf.errors.OpError) -> DataError:
+    """A DataError naming the first corrupt file (and line or record), found by scanning the files in order."""
+    first = clean_message(exc.message) if exc.message else type(exc).__name__
+    for path in files:
+        found = _scan_file(spec, plan, path)
+        if found is not None:
+            detail = found.detail.replace(" skipped", "").replace("; the rest of the file is", "")
+            return DataError(f"{found.file}: {detail}. Fix the file, or rerun with --skip-corrupt to skip and "
+                             "count corrupt records")
+        if plan.format == "tfrecord" and "parse example" in first:
+            index = _unparsable_record(path, plan.compression)
+            if index is not None:
+                return DataError(f"{path}#{index}: record is not a tf.Example ({first[:200]})")
+    return DataError(f"reading {len(files)} file(s) under {os.path.commonpath(files)} failed: {first}")
+
+
+def summary(skipped: list[Skipped]) -> str:
+    """One line per file with corrupt data (for reports)."""
+    return "\n".join(str(s) for s in skipped)

@@ -1,0 +1,1 @@
+"""Data sets prerank can write: the KuaiRand-Pure converter and synthetic data for any spec."""

@@ -1,0 +1,371 @@
+"""Synthetic data for any feature spec, for scale tests and benchmarks.
+
+`generate` writes every column the spec reads (features, labels, sample weight,
+group key) as `part-XXXXX` shards in one folder:
+
+- ids (categorical and sequence features) follow a Zipf-like law over the
+  feature's `cardinality` (or a default); popularity ranks are mapped to ids
+  through a seeded permutation, so the most frequent ids are not 0, 1, 2...
+  Features sharing an embedding table draw from the same id space (string ids
+  are `f"{table}_{id}"`). Sequences have random lengths in [0, max_length].
+  Columns only read by crosses are plain int ids.
+- numbers are log-normal (positive, so log1p / zscore make sense), missing in
+  ~2% of rows when the feature has a default; dense vectors are standard normal.
+- labels come from a hidden model: each id has a hidden vector and bias, each
+  number and vector a weight. A label's score is a user-side x item-side dot
+  product (learnable by a two-tower model) plus additive terms; labels share
+  the towers but weight the hidden dimensions differently, so they correlate.
+  Binary labels are Bernoulli(sigmoid(score + noise)) with a base rate near
+  0.3; regression labels are watch-time-like integers (~20 s in milliseconds).
+
+Rows depend only on the spec, `n_rows`, `seed` and the distribution arguments,
+not on the format or shard count. Random streams are keyed by column / table
+name, so adding a feature leaves the other columns' values unchanged (labels
+change, as the hidden model then includes the new feature). Numpy arrays for
+all rows are built first (tens of bytes per row and column); Python values are
+built one shard at a time, so peak memory holds one shard of Python objects.
+"""
+import math
+import os
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.data.writers import Column, shard_ranges, write_shard
+from trainer.spec.types import COMPRESSIONS, FORMATS, Feature, Spec
+
+HIDDEN_DIM = 8  # size of the hidden space where user-side and item-side vectors meet
+MISSING_RATE = 0.02  # share of missing values in columns whose feature has a default
+EMPTY_SEQUENCE_RATE = 0.1  # share of empty sequences (e.g. users without history)
+BINARY_BASE_RATE = 0.3  # target positive rate of binary labels
+LOGIT_NOISE = 0.5  # std of the noise added to binary logits before sampling
+INTERACTION_SCALE = 1.5  # weight of the two-tower term in every score
+ADDITIVE_SCALE = 1.5  # weight of the additive terms (per-id biases, numbers, vectors)
+WATCH_TIME_MS = 20_000.0  # median of regression labels
+FIRST_DATE, N_DAYS = 20220401, 7  # generated group-key columns are dates in this window
+USER_SIDES = ("user", "context")  # sides feeding the student's user tower
+EXACT_HEAD = 1024  # popularity ranks sampled exactly; the rest from a continuous power law
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticResult:
+    """What `generate` wrote, with the hidden model's noiseless per-row scores."""
+
+    files: tuple[str, ...]
+    n_rows: int
+    columns: tuple[str, ...]
+    scores: Mapping[str, np.ndarray]  # label name -> binary: logit incl. bias; regression: expected log value
+
+
+def generate(spec: Spec, n_rows: int, out_dir: str, *, fmt: str = "tfrecord", compression: str = "GZIP",
+             n_shards: int = 4, seed: int = 0, zipf_exponent: float = 1.1,
+             default_cardinality: int = 10_000) -> SyntheticResult:
+    """Write `n_rows` synthetic rows for `spec` as `part-XXXXX` shards in `out_dir`.
+
+    `compression` applies to TFRecord shards; CSV shards are written uncompressed (as
+    `write_shards` does). Ids follow a Zipf law with `zipf_exponent`; tables without a
+    `cardinality` in the spec get `default_cardinality` ids. `out_dir` must hold no shards yet.
+    """
+    _check_args(n_rows, out_dir, fmt, compression, n_shards, seed, zipf_exponent, default_cardinality)
+    gen = _Generator(spec, n_rows, seed, zipf_exponent, default_cardinality)
+    columns = gen.columns()
+    files = []
+    for k, rows in enumerate(shard_ranges(n_rows, n_shards)):
+        chunk = [Column(name, col.type, col.values(rows.start, rows.stop)) for name, col in columns.items()]
+        files.append(write_shard(out_dir, k, chunk, range(len(rows)), fmt, compression, spec.data.list_delimiter))
+    return SyntheticResult(tuple(files), n_rows, tuple(columns), gen.scores)
+
+
+def _check_args(n_rows: int, out_dir: str, fmt: str, compression: str, n_shards: int, seed: int,
+                zipf_exponent: float, default_cardinality: int) -> None:
+    def positive_int(name: str, value: object) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    positive_int("n_rows", n_rows)
+    positive_int("n_shards", n_shards)
+    positive_int("default_cardinality", default_cardinality)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    if not isinstance(zipf_exponent, (int, float)) or isinstance(zipf_exponent, bool) or not zipf_exponent > 0:
+        raise ValueError(f"zipf_exponent must be positive, got {zipf_exponent!r}")
+    if os.path.isdir(out_dir):
+        stale = sorted(f for f in os.listdir(out_dir) if f.startswith("part-"))
+        if stale:
+            raise ValueError(f"out_dir {out_dir} already holds shards ({stale[0]}, ...): remove them or "
+                             "choose an empty folder (stale shards would be read with the new ones)")
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    """A random stream for one purpose, independent of every other stream."""
+    return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
+
+
+class _IdSpace:
+    """One table's ids: a Zipf-like popularity law, rank -> id mapping and hidden per-id weights."""
+
+    def __init__(self, name: str, cardinality: int, is_string: bool, exponent: float, seed: int):
+        self.name, self.cardinality, self.is_string, self.exponent = name, cardinality, is_string, exponent
+        rng = _rng(seed, "table", name)
+        self.ids = rng.permutation(cardinality)  # id of each popularity rank
+        self.vectors = rng.standard_normal((cardinality, HIDDEN_DIM), dtype=np.float32)
+        self.bias = rng.standard_normal(cardinality, dtype=np.float32)
+        # Exact cumulative law over the head ranks; the tail is sampled from the continuous
+        # power law over [head + 0.5, cardinality + 0.5] (cheap for millions of ids).
+        head = min(cardinality, EXACT_HEAD)
+        weights = np.arange(1, head + 1, dtype=np.float64) ** -exponent
+        self._lo, self._hi = head + 0.5, cardinality + 0.5
+        total = weights.sum() + self._tail_integral(self._hi)
+        self._head_cdf = np.cumsum(weights) / total
+
+    def _tail_integral(self, x: float | np.ndarray) -> float | np.ndarray:
+        s, lo = self.exponent, self._lo
+        if s == 1:
+            return np.log(x / lo)
+        return (x ** (1 - s) - lo ** (1 - s)) / (1 - s)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` popularity ranks (0 = most frequent)."""
+        u = rng.random(n)
+        ranks = np.searchsorted(self._head_cdf, u, side="right")
+        tail = ranks >= len(self._head_cdf)
+        if tail.any():
+            # Invert the tail's continuous cumulative law, then round to the nearest rank.
+            v = (u[tail] - self._head_cdf[-1]) / (1 - self._head_cdf[-1]) * self._tail_integral(self._hi)
+            s, lo = self.exponent, self._lo
+            x = lo * np.exp(v) if s == 1 else (lo ** (1 - s) + v * (1 - s)) ** (1 / (1 - s))
+            ranks[tail] = np.rint(x).astype(np.int64) - 1
+        return np.minimum(ranks, self.cardinality - 1)
+
+    def to_python(self, ranks: np.ndarray) -> list:
+        """Ids of `ranks` as Python ints, or strings `f"{table}_{id}"`."""
+        ids = self.ids[ranks]
+        if not self.is_string:
+            return ids.tolist()
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        names = np.array([f"{self.name}_{i}" for i in uniq.tolist()], dtype=object)
+        return names[inverse].tolist()
+
+
+class _Values:
+    """A generated column: numpy arrays for all rows, turned into Python values per shard."""
+
+    type: str
+
+    def values(self, start: int, stop: int) -> list:
+        raise NotImplementedError
+
+
+def _with_missing(values: list, missing: np.ndarray | None) -> list:
+    """`values` with None where `missing` is set."""
+    if missing is not None:
+        for i in np.flatnonzero(missing).tolist():
+            values[i] = None
+    return values
+
+
+@dataclass
+class _Ids(_Values):
+    """One id per row (None where missing)."""
+
+    space: _IdSpace
+    ranks: np.ndarray
+    missing: np.ndarray | None = None
+
+    @property
+    def type(self) -> str:
+        return "str" if self.space.is_string else "int"
+
+    def values(self, start: int, stop: int) -> list:
+        missing = None if self.missing is None else self.missing[start:stop]
+        return _with_missing(self.space.to_python(self.ranks[start:stop]), missing)
+
+
+@dataclass
+class _Sequences(_Values):
+    """A list of ids per row, stored flat."""
+
+    space: _IdSpace
+    ranks: np.ndarray  # all rows' ranks, concatenated
+    offsets: np.ndarray  # row i holds ranks[offsets[i]:offsets[i + 1]]
+
+    @property
+    def type(self) -> str:
+        return "str_list" if self.space.is_string else "int_list"
+
+    def values(self, start: int, stop: int) -> list:
+        bounds = self.offsets[start:stop + 1]
+        flat = self.space.to_python(self.ranks[bounds[0]:bounds[-1]])
+        bounds = (bounds - bounds[0]).tolist()
+        return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@dataclass
+class _Array(_Values):
+    """Numbers (or vectors) per row, straight from an array."""
+
+    type: str  # int, float or float_list (2-d array)
+    array: np.ndarray
+    missing: np.ndarray | None = None
+
+    def values(self, start: int, stop: int) -> list:
+        missing = None if self.missing is None else self.missing[start:stop]
+        return _with_missing(self.array[start:stop].tolist(), missing)
+
+
+class _Generator:
+    """Draws every column of a spec and the labels of the hidden model."""
+
+    def __init__(self, spec: Spec, n_rows: int, seed: int, exponent: float, default_cardinality: int):
+        self.spec, self.n, self.seed, self.exponent = spec, n_rows, seed, exponent
+        self.default_cardinality = default_cardinality
+        self.spaces: dict[str, _IdSpace] = {}
+        self.user = np.zeros((n_rows, HIDDEN_DIM), np.float32)  # sum of user/context-side hidden vectors
+        self.item = np.zeros((n_rows, HIDDEN_DIM), np.float32)
+        self.n_user = self.n_item = self.n_additive = 0
+        self.additive = np.zeros(n_rows, np.float32)  # sum of additive terms
+        self.scores: dict[str, np.ndarray] = {}
+
+    def columns(self) -> dict[str, _Values]:
+        """Every spec column, in `spec.columns` order."""
+        out: dict[str, _Values] = {}
+        for f in self.spec.features:
+            if not f.is_cross and f.columns[0] not in out:
+                out[f.columns[0]] = self._feature(f)
+        for f in self.spec.features:  # columns read only by crosses
+            for c in f.columns:
+                if c not in out:
+                    space = self._space(f"column:{c}", self.default_cardinality, False)
+                    out[c] = _Ids(space, space.draw(_rng(self.seed, "ids", c), self.n))
+        for label in self.spec.labels:
+            if label.column not in out:
+                out[label.column] = self._label(label.name, label.type)
+        if self.spec.sample_weight and self.spec.sample_weight not in out:
+            g = _rng(self.seed, "weight", self.spec.sample_weight).standard_normal(self.n)
+            out[self.spec.sample_weight] = _Array("float", np.round(np.exp(0.3 * g - 0.045), 4))
+        for c in self.spec.group_key:
+            if c not in out:
+                out[c] = _Array("int", FIRST_DATE + _rng(self.seed, "group", c).integers(0, N_DAYS, self.n))
+        return {c: out[c] for c in self.spec.columns}
+
+    # Features -----------------------------------------------------------------------------
+
+    def _feature(self, f: Feature) -> _Values:
+        rng = _rng(self.seed, "ids", f.columns[0])
+        if f.kind in ("categorical", "sequence"):
+            space = self._table_space(f)
+            if f.kind == "sequence":
+                return self._sequence(f, space, rng)
+            ranks = space.draw(rng, self.n)
+            missing = self._missing(f)
+            present = None if missing is None else ~missing
+            self._add_id_terms(f, space, ranks, present)
+            return _Ids(space, ranks, missing)
+        if f.kind == "numeric":
+            g = rng.standard_normal(self.n)
+            mu, sigma = rng.uniform(0.0, 4.0), rng.uniform(0.5, 1.5)
+            values = np.maximum(np.round(np.exp(mu + sigma * g), 4), 1e-4)
+            missing = self._missing(f)
+            if missing is not None:
+                g[missing] = 0.0
+            self._add(np.float32(rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)) * g.astype(np.float32))
+            return _Array("float", values, missing)
+        vectors = rng.standard_normal((self.n, f.dim), dtype=np.float32)  # dense_vector
+        self._add(vectors @ rng.standard_normal(f.dim, dtype=np.float32) / np.float32(math.sqrt(f.dim)))
+        if f.side != "cross" and f.side != "privileged":
+            projection = rng.standard_normal((f.dim, HIDDEN_DIM), dtype=np.float32) / np.float32(math.sqrt(f.dim))
+            self._add_vector(f.side, vectors @ projection)
+        return _Array("float_list", np.round(vectors.astype(np.float64), 5))
+
+    def _sequence(self, f: Feature, space: _IdSpace, rng: np.random.Generator) -> _Sequences:
+        lengths = rng.integers(1, f.max_length + 1, self.n)
+        lengths[rng.random(self.n) < EMPTY_SEQUENCE_RATE] = 0
+        offsets = np.zeros(self.n + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ranks = space.draw(rng, int(offsets[-1]))
+        # The hidden model pools a sequence by the mean of its ids' vectors and biases.
+        row = np.repeat(np.arange(self.n), lengths)
+        scale = 1.0 / np.maximum(lengths, 1)
+        pooled = np.stack([np.bincount(row, space.vectors[ranks, d], self.n) for d in range(HIDDEN_DIM)], axis=1)
+        self._add_vector(f.side, (pooled * scale[:, None]).astype(np.float32))
+        self._add((np.bincount(row, space.bias[ranks], self.n) * scale).astype(np.float32))
+        return _Sequences(space, ranks, offsets)
+
+    def _missing(self, f: Feature) -> np.ndarray | None:
+        if f.default is None:
+            return None
+        return _rng(self.seed, "missing", f.columns[0]).random(self.n) < MISSING_RATE
+
+    def _table_space(self, f: Feature) -> _IdSpace:
+        table = f.embedding.table
+        members = [g for g in self.spec.features if g.embedding and g.embedding.table == table and not g.is_cross]
+        cardinality = max((g.cardinality for g in members if g.cardinality), default=self.default_cardinality)
+        return self._space(table, cardinality, f.dtype == "string")
+
+    def _space(self, name: str, cardinality: int, is_string: bool) -> _IdSpace:
+        if name not in self.spaces:
+            self.spaces[name] = _IdSpace(name, cardinality, is_string, self.exponent, self.seed)
+        return self.spaces[name]
+
+    # Hidden model -------------------------------------------------------------------------
+
+    def _add_id_terms(self, f: Feature, space: _IdSpace, ranks: np.ndarray, present: np.ndarray | None) -> None:
+        vectors, bias = space.vectors[ranks], space.bias[ranks]
+        if present is not None:
+            vectors *= present[:, None]
+            bias *= present
+        self._add_vector(f.side, vectors)
+        self._add(bias)
+
+    def _add_vector(self, side: str, vectors: np.ndarray) -> None:
+        if side in USER_SIDES:
+            self.user += vectors
+            self.n_user += 1
+        elif side == "item":
+            self.item += vectors
+            self.n_item += 1
+
+    def _add(self, term: np.ndarray) -> None:
+        self.additive += term
+        self.n_additive += 1
+
+    def _score(self, name: str) -> np.ndarray:
+        """A label's noiseless score: towers' dot product (label-specific weights per dim) + additive terms."""
+        rng = _rng(self.seed, "hidden", name)
+        dims = np.exp(0.5 * rng.standard_normal(HIDDEN_DIM)).astype(np.float32)  # positive: tasks agree in sign
+        user = self.user / np.float32(math.sqrt(max(self.n_user, 1)))
+        item = self.item / np.float32(math.sqrt(max(self.n_item, 1)))
+        interaction = (user * item) @ dims / np.float32(math.sqrt(HIDDEN_DIM))
+        additive = self.additive / np.float32(math.sqrt(max(self.n_additive, 1)))
+        return INTERACTION_SCALE * interaction + np.float32(ADDITIVE_SCALE * rng.uniform(0.7, 1.0)) * additive
+
+    def _label(self, name: str, kind: str) -> _Array:
+        score = self._score(name)
+        rng = _rng(self.seed, "label", name)
+        noise = rng.standard_normal(self.n).astype(np.float32)
+        if kind == "binary":
+            logit = score + np.float32(_bias_for_rate(score[:100_000], BINARY_BASE_RATE))
+            self.scores[name] = logit
+            p = 1 / (1 + np.exp(-(logit + LOGIT_NOISE * noise)))
+            return _Array("int", (rng.random(self.n) < p).astype(np.int64))
+        log_value = np.float32(math.log(WATCH_TIME_MS)) + 0.5 * score
+        self.scores[name] = log_value
+        return _Array("int", np.maximum(np.rint(np.exp(log_value + 0.6 * noise)), 1).astype(np.int64))
+
+
+def _bias_for_rate(score: np.ndarray, rate: float) -> float:
+    """The bias b with mean(sigmoid(score + b)) == rate (bisection)."""
+    score, lo, hi = score.astype(np.float64), -30.0, 30.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if np.mean(1 / (1 + np.exp(-(score + mid)))) < rate:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2

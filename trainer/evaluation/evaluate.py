@@ -1,0 +1,68 @@
+"""Evaluation (`prerank evaluate`): teacher per-task quality, student quality, student-teacher consistency.
+
+- Teacher: AUC and logloss per binary task; RMSE of the (transformed) target for regression tasks.
+- Student: AUC, GAUC (grouped by the spec's group key) and logloss on the student's task.
+- Consistency, on candidate sets made of each group's exposures plus K items sampled from the item
+  table: pairwise order agreement with the teacher's fused score and recall of the teacher's top-k
+  in the student's top-k'.
+"""
+import numpy as np
+
+from trainer.evaluation import metrics
+from trainer.evaluation.predict import Predictions, predict
+
+RECALL_KS = ((1, 3), (3, 10), (10, 30))  # (teacher's top-k, student's top-k')
+
+
+def quality(model, p: Predictions) -> dict:
+    """{'teacher': {task: {...}}, 'student': {...}} on exposed rows."""
+    out: dict = {"teacher": {}, "rows": int(p.exposed.sum())}
+    for task, label in model.labels.items():
+        y = p.labels[task][p.exposed]
+        if label.type == "binary":
+            prob = p.teacher[task][p.exposed]
+            out["teacher"][task] = {"auc": metrics.auc(y, prob), "logloss": metrics.logloss(y, prob)}
+        else:
+            target = np.log1p(np.maximum(y, 0.0)) if label.transform == "log1p" else y
+            pred = p.teacher_estimate[task][p.exposed]
+            out["teacher"][task] = {"rmse": float(np.sqrt(np.mean((pred - target) ** 2)))}
+    if p.student_logit is not None:
+        y = p.labels[model.student_task][p.exposed]
+        logit = p.student_logit[p.exposed]
+        prob = 1.0 / (1.0 + np.exp(-logit))
+        out["student"] = {"task": model.student_task, "auc": metrics.auc(y, logit),
+                          "gauc": metrics.gauc(y, logit, p.groups[p.exposed]), "logloss": metrics.logloss(y, prob)}
+    return out
+
+
+def consistency(p: Predictions, sampled: int, ks=RECALL_KS) -> dict:
+    c = metrics.consistency(p.teacher_score, p.student_logit, p.groups, ks=ks)
+    return {"sampled": sampled, "groups": c.groups, "pairwise_agreement": c.pairwise_agreement, **c.recall}
+
+
+def evaluate_model(model, patterns: str | list[str], batch_size: int = 2048, max_batches: int | None = None,
+                   sampled: tuple[int, ...] = (0,), seed: int = 0) -> dict:
+    """Quality on `patterns`, plus consistency for each number of sampled items (student models only)."""
+    base = predict(model, patterns, batch_size, max_batches, seed=seed)
+    result = quality(model, base)
+    if model.has_student:
+        by_k = []
+        for k in sampled:
+            p = base if k == 0 else predict(model, patterns, batch_size, max_batches, sampled_per_group=k, seed=seed)
+            by_k.append(consistency(p, k))
+        result["consistency"] = {"by_k": by_k}
+    return result
+
+
+def flatten(result: dict, prefix: str = "eval") -> dict[str, float]:
+    """{'eval/teacher/click/auc': ..., 'eval/student/gauc': ...}: history / TensorBoard scalars."""
+    out = {}
+    for task, values in result.get("teacher", {}).items():
+        out.update({f"{prefix}/teacher/{task}/{k}": v for k, v in values.items()})
+    for k, v in result.get("student", {}).items():
+        if k != "task":
+            out[f"{prefix}/student/{k}"] = v
+    for row in result.get("consistency", {}).get("by_k", []):
+        out.update({f"{prefix}/consistency/sampled{row['sampled']}/{k}": v for k, v in row.items()
+                    if k not in ("sampled", "groups")})
+    return out

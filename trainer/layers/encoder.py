@@ -1,0 +1,146 @@
+"""From raw columns to model inputs: id lookups, transforms and the shared embedding tables.
+
+`FeatureEncoder` is a Keras layer built from the spec and the fitted
+preprocessing. It takes the pipeline's `features` dict (raw ids, strings,
+numbers, ragged or padded sequences) and returns one dense tensor per feature:
+embeddings [B, dim] (sequences pooled), numbers [B, 1], vectors [B, dim].
+Features naming one table share one variable, so the student and the teacher
+train the same rows. Vocabularies and statistics are constants of the layer,
+so a SavedModel of a model using it takes raw values.
+"""
+from collections.abc import Collection
+
+import tensorflow as tf
+
+from trainer.data.records import PAD_ID, PAD_STRING
+from trainer.layers.embedding import EmbeddingTable
+from trainer.layers.pooling import pool
+from trainer.preprocessing.fitted import Preprocessing
+from trainer.preprocessing.numeric import apply_steps_tf
+from trainer.spec.types import Feature, Spec
+
+CROSS_SEPARATOR = "\x1f"  # joins the columns of a cross before hashing
+
+
+class IdLookup(tf.keras.layers.Layer):
+    """Raw ids of one table -> row numbers in [0, rows): a vocabulary (with OOV rows first) or hashing."""
+
+    def __init__(self, dtype_name: str, vocabulary: list | None = None, oov_buckets: int = 1,
+                 buckets: int | None = None, **kwargs):
+        """
+        Args:
+          dtype_name: the ids' type, "int64" or "string".
+          vocabulary: the known ids (row = oov_buckets + position); None for hashing.
+          oov_buckets: rows for ids not in `vocabulary`, first (ids are hashed among them).
+          buckets: with no vocabulary, hash every id into this many rows.
+        """
+        super().__init__(**kwargs)
+        self.dtype_name, self.vocabulary, self.oov_buckets, self.buckets = dtype_name, vocabulary, oov_buckets, buckets
+        if vocabulary is not None:
+            cls = tf.keras.layers.StringLookup if dtype_name == "string" else tf.keras.layers.IntegerLookup
+            self.lookup = cls(vocabulary=list(vocabulary), num_oov_indices=oov_buckets, mask_token=None)
+            self.rows = len(vocabulary) + oov_buckets
+        else:
+            self.lookup = tf.keras.layers.Hashing(num_bins=buckets)
+            self.rows = buckets
+
+    def call(self, ids: tf.Tensor) -> tf.Tensor:
+        if isinstance(ids, tf.RaggedTensor):
+            return tf.ragged.map_flat_values(self.lookup, ids)
+        return self.lookup(ids)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "dtype_name": self.dtype_name, "vocabulary": self.vocabulary,
+                "oov_buckets": self.oov_buckets, "buckets": self.buckets}
+
+
+class FeatureEncoder(tf.keras.layers.Layer):
+    """Raw feature columns -> {feature name: dense tensor}, for every feature of the spec.
+
+    It has no `get_config`: it is built from a spec and fitted vocabularies (thousands of ids), which a model
+    directory stores beside its checkpoints; `trainer.training.trained.load_trained` rebuilds it from there.
+    """
+
+    def __init__(self, spec: Spec, preprocessing: Preprocessing, **kwargs):
+        """
+        Args:
+          spec: the features to encode; features naming one table share its `EmbeddingTable`.
+          preprocessing: fitted vocabularies (tables with `vocabulary.source: data`) and statistics.
+        """
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.stats = preprocessing.stats
+        self.lookups: dict[str, IdLookup] = {}
+        self.tables: dict[str, EmbeddingTable] = {}
+        for name, table in spec.tables.items():
+            v = table.vocabulary
+            if v.source == "bucketize":  # bucketized numbers: one row per bucket, no lookup
+                rows = len(spec.feature(table.features[0]).transforms[-1].boundaries) + 1
+            else:
+                vocabulary = preprocessing.vocabularies.get(name) if v.source == "data" else \
+                    _read_vocabulary_file(v.path, table.dtype) if v.source == "file" else None
+                self.lookups[name] = IdLookup(table.dtype, vocabulary, v.oov_buckets, v.buckets, name=f"lookup_{name}")
+                rows = self.lookups[name].rows
+            self.tables[name] = EmbeddingTable(rows, table.dim, table.initializer, name=f"embedding_{name}")
+
+    def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return self.encode_keeping(features, ())[0]
+
+    def encode_keeping(self, features: dict[str, tf.Tensor],
+                       sequences: Collection[str]) -> tuple[dict[str, tf.Tensor], dict[str, tf.RaggedTensor]]:
+        """Every feature encoded, and the unpooled vectors [B, None, dim] of the named sequence features
+        (each looked up once: the pooled field is pooled from them)."""
+        encoded, kept = {}, {}
+        for f in self.spec.features:
+            if f.name in sequences:
+                kept[f.name] = self.vectors(f, features)
+                encoded[f.name] = pool(kept[f.name], f.pooling)
+            else:
+                encoded[f.name] = self.encode(f, features)
+        return encoded, kept
+
+    def row_ids(self, feature: Feature, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The table rows a categorical / sequence / bucketized feature selects ([B] or ragged [B, None])."""
+        table = feature.embedding.table
+        if feature.bucketized:
+            x = apply_steps_tf(tf.cast(features[feature.columns[0]], tf.float32), feature.transforms[:-1],
+                               self.stats.get(feature.name))
+            return tf.raw_ops.Bucketize(input=x, boundaries=list(feature.transforms[-1].boundaries))
+        if feature.is_cross:
+            parts = [_as_string(features[c]) for c in feature.columns]
+            return self.lookups[table](tf.strings.join(parts, separator=CROSS_SEPARATOR))
+        ids = features[feature.columns[0]]
+        if feature.kind == "sequence":
+            ids = _as_ragged(ids, feature.dtype)
+            ids = ids[:, -feature.max_length:] if feature.keep == "last" else ids[:, :feature.max_length]
+        return self.lookups[table](ids)
+
+    def vectors(self, feature: Feature, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The table rows of an embedded feature: [B, dim], or ragged [B, None, dim] for a sequence."""
+        return self.tables[feature.embedding.table](self.row_ids(feature, features))
+
+    def encode(self, feature: Feature, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """One feature's model input: [B, dim] embedding (a sequence pooled), [B, 1] number, [B, dim] vector."""
+        if feature.embedding is not None:
+            vectors = self.vectors(feature, features)
+            return pool(vectors, feature.pooling) if feature.kind == "sequence" else vectors
+        x = tf.cast(features[feature.columns[0]], tf.float32)
+        if feature.kind == "dense_vector":
+            return tf.reshape(x, [-1, feature.dim])
+        return tf.expand_dims(apply_steps_tf(x, feature.transforms, self.stats.get(feature.name)), -1)
+
+
+def _as_string(x: tf.Tensor) -> tf.Tensor:
+    return x if x.dtype == tf.string else tf.strings.as_string(x)
+
+
+def _as_ragged(ids: tf.Tensor, dtype: str) -> tf.RaggedTensor:
+    if isinstance(ids, tf.RaggedTensor):
+        return ids
+    return tf.RaggedTensor.from_tensor(ids, padding=PAD_STRING if dtype == "string" else PAD_ID)
+
+
+def _read_vocabulary_file(path: str, dtype: str) -> list:
+    with open(path, encoding="utf-8") as fh:
+        ids = [line.rstrip("\n").split("\t")[0] for line in fh if line.strip()]
+    return ids if dtype == "string" else [int(i) for i in ids]

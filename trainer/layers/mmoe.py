@@ -1,0 +1,70 @@
+"""The fine-rank teacher: a multi-gate mixture of experts over every feature, and its fused ranking score.
+
+n experts see the concatenation of all encoded features (cross and
+privileged ones included, and with target attention each user history pooled
+against the candidate); each task has a softmax gate over the experts and
+its own tower ending in one output. `fused_score` turns the task predictions
+into the ranking score the student learns from.
+"""
+import tensorflow as tf
+
+from trainer.layers.mlp import MLP
+from trainer.layers.target_attention import TargetAttention
+
+
+class MMoE(tf.keras.layers.Layer):
+    """Multi-gate mixture of experts: {field: [B, d]} -> {task: output [B]} (a logit, or a regression output).
+
+    It owns one `TargetAttention` per attended field (`attention`); the model feeds them, since they need the
+    raw histories, and passes their outputs among the fields.
+    """
+
+    def __init__(self, fields: list[str], tasks: list[str], experts: int = 4, expert_layers: list[int] = (256, 128),
+                 task_tower: list[int] = (64,), dropout: float = 0.0, attention_fields: list[str] = (),
+                 attention_hidden: int = 32, **kwargs):
+        """
+        Args:
+          fields: the encoded fields every expert reads, in order.
+          tasks: the task names; one gate and one tower each.
+          experts: number of experts.
+          expert_layers: layer sizes of each expert.
+          task_tower: layer sizes of each task's tower above its gate (then one output unit).
+          dropout: dropout rate after each expert layer, in training only.
+          attention_fields: fields made by target attention (appended to `fields`).
+          attention_hidden: hidden units of each target attention's scoring MLP.
+        """
+        super().__init__(**kwargs)
+        self.input_fields, self.attention_fields = list(fields), list(attention_fields)
+        self.fields, self.tasks = self.input_fields + self.attention_fields, list(tasks)
+        self.num_experts, self.expert_layers, self.task_tower = experts, list(expert_layers), list(task_tower)
+        self.dropout, self.attention_hidden = dropout, attention_hidden
+        self.attention = [TargetAttention(attention_hidden, name=f"attention_{i}")
+                          for i, _ in enumerate(self.attention_fields)]
+        self.experts = [MLP(self.expert_layers, dropout=dropout, name=f"expert_{i}") for i in range(experts)]
+        self.gates = {t: tf.keras.layers.Dense(experts, name=f"gate_{t}") for t in self.tasks}
+        self.towers = {t: MLP(self.task_tower + [1], last_activation=None, name=f"tower_{t}") for t in self.tasks}
+
+    def gate_weights(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Each task's softmax weights over the experts, [B, experts], for the concatenated fields x."""
+        return {t: tf.nn.softmax(self.gates[t](x), axis=-1) for t in self.tasks}
+
+    def call(self, encoded: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        """{task: output [B]}."""
+        x = tf.concat([encoded[name] for name in self.fields], axis=-1)
+        experts = tf.stack([e(x, training=training) for e in self.experts], axis=1)  # [B, n, d]
+        return {t: tf.squeeze(self.towers[t](tf.reduce_sum(experts * gate[:, :, None], axis=1)), -1)
+                for t, gate in self.gate_weights(x).items()}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "fields": self.input_fields, "tasks": self.tasks, "experts": self.num_experts,
+                "expert_layers": self.expert_layers, "task_tower": self.task_tower, "dropout": self.dropout,
+                "attention_fields": self.attention_fields, "attention_hidden": self.attention_hidden}
+
+
+def fused_score(probabilities: dict[str, tf.Tensor], weights: dict[str, float], form: str) -> tf.Tensor:
+    """Weighted mean of task probabilities ("weighted_sum"), or their weighted geometric product ("product");
+    in (0, 1)."""
+    total = sum(weights.values())
+    if form == "product":
+        return tf.exp(tf.add_n([w * tf.math.log(tf.maximum(probabilities[t], 1e-7)) for t, w in weights.items()]))
+    return tf.add_n([w / total * probabilities[t] for t, w in weights.items()])

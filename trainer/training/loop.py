@@ -1,0 +1,410 @@
+"""The training loop: distributed steps, two optimizers, checkpoints that resume, logs and evaluations.
+
+One step: the model's `compute_losses` under a GradientTape, gradients split
+by `route_variables` (FTRL for embedding tables, AdaGrad for the rest), both
+applied. The checkpoint holds the model, both optimizers' slots, the step and
+(on a single worker) the input iterator's position, so a job killed at any
+moment resumes from its last checkpoint and ends at the same step count, having
+read every example once per epoch (with `training.deterministic`, with the very
+weights of an uninterrupted run). A finished job resumed with more epochs reads
+the extra ones.
+
+Multi-worker (MultiWorkerMirroredStrategy, one replica per worker): every worker
+reads its shard of the files, repeated, for a step count they agree on; all of
+them restore the chief's latest checkpoint and save at the same steps (the
+others into a scratch folder, removed at the end); only the chief evaluates and
+writes logs, and it runs no collective op while doing so. The workers' input
+positions are not saved: a resumed multi-worker job restarts its data.
+"""
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.config.knobs import Config
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.errors import ConfigError, DataError, ModelDirError
+from trainer.spec.types import Spec
+from trainer.training.distribution import cluster_size, is_chief
+from trainer.training.layout import HISTORY_FILE, TENSORBOARD_DIR, WORKERS_DIR, checkpoint_dir
+from trainer.training.optimizers import create_slots, make_optimizers, route_variables
+
+
+@dataclass
+class LoopResult:
+    """What `Loop.run` did."""
+
+    step: int
+    steps_run: int  # in this process (a resumed job runs fewer)
+    examples: int
+    seconds: float
+    resumed_from: int | None
+    last_losses: dict[str, float]
+
+
+def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """Where this worker writes checkpoints: MODEL_DIR for the chief, a scratch folder for the others.
+
+    Every worker must save (saving is a collective step of the strategy), but only the chief's
+    checkpoints count: the others write theirs into MODEL_DIR/workers/TYPE_ID, removed when the job ends
+    (and on the next start, after a kill).
+    """
+    if is_chief(strategy):
+        return model_dir
+    resolver = strategy.cluster_resolver
+    return os.path.join(model_dir, WORKERS_DIR, f"{resolver.task_type}_{resolver.task_id}")
+
+
+class Loop:
+    """The training loop of a model under a tf.distribute strategy (see the module docstring).
+
+    The model it trains (`build_model()`) must provide `compute_losses(batch, step, training=, seed=)`, a dict
+    of scalar tensors holding "loss/total" (the loop minimises it and logs every entry), and
+    `embedding_tables`, the layers whose variables FTRL updates (`trainer.training.optimizers`).
+    """
+
+    def __init__(self, spec: Spec, config: Config, model_dir: str, strategy: tf.distribute.Strategy,
+                 build_model: Callable[[], tf.keras.Model], data: str | list[str], steps_per_epoch: int | None,
+                 on_evaluate: Callable[[tf.keras.Model, int], dict[str, float]] | None = None,
+                 skip_corrupt: bool = False):
+        """
+        Args:
+          spec: the features the pipeline reads.
+          config: `training:` sets the batch, epochs, steps, checkpoints, logs and evaluations.
+          model_dir: where checkpoints and logs go (`trainer.training.layout`).
+          strategy: the tf.distribute strategy; its scope holds the model and optimizers.
+          build_model: makes the model, called once in the strategy's scope.
+          data: the training files (globs).
+          steps_per_epoch: the expected steps of one epoch (progress, and the step count workers agree on).
+          on_evaluate: called as on_evaluate(model, step) every training.eval_every steps on the chief; returns
+            metrics to log.
+          skip_corrupt: skip and count corrupt records instead of failing.
+        """
+        self.spec, self.config, self.model_dir, self.strategy = spec, config, model_dir, strategy
+        self.training = config.training
+        self.data, self.skip_corrupt = data, skip_corrupt
+        self.on_evaluate = on_evaluate
+        self.multi_worker = cluster_size(strategy) > 1
+        with strategy.scope():
+            self.model = build_model()
+            sample = self._build(data)
+            self.ftrl, self.adagrad = make_optimizers(config.model)
+            self._create_slots(sample)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # Single worker: epochs read by earlier input pipelines, and the epochs of the current one. A job
+            # resumed with more training.epochs finishes its saved pipeline, then reads the extra epochs.
+            self.epochs_read = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_read")
+            self.pipeline_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="pipeline_epochs")
+        self.chief = is_chief(strategy)
+        self.total_steps = self._total_steps(steps_per_epoch)
+        self.estimated_steps = self.total_steps or (steps_per_epoch * self.training.epochs if steps_per_epoch else None)
+        self.state = {"model": self.model, "ftrl": self.ftrl, "adagrad": self.adagrad, "step": self.step,
+                      "epochs_read": self.epochs_read, "pipeline_epochs": self.pipeline_epochs}
+        self.dataset = self.iterator = self.checkpoint = self.manager = None  # run() starts the data
+        self.scratch = None if self.chief else worker_dir(model_dir, strategy)
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)  # left by a killed job; never restored from
+        remove_partial_checkpoints(checkpoint_dir(worker_dir(model_dir, strategy)))
+        if self.chief:
+            repair_history(os.path.join(model_dir, HISTORY_FILE))
+        self.writer = tf.summary.create_file_writer(os.path.join(model_dir, TENSORBOARD_DIR)) if self.chief else None
+        self._train_step = None
+
+    def _build(self, data: str) -> dict:
+        """Create every variable eagerly (on a few rows), before routing and checkpoint restore; the rows."""
+        sample = make_pipeline(self.spec, data, InputConfig(batch_size=8, shuffle_buffer=0, epochs=1))
+        for batch in sample:
+            self.model.compute_losses(batch, tf.constant(0, tf.int64), training=False,
+                                      seed=tf.constant([0, 0], tf.int64))
+            return batch
+        raise DataError(f"no rows in {data}")
+
+    def _create_slots(self, batch: dict) -> None:
+        """Create the optimizers' slots now, for the variables a step updates (those with a gradient), as
+        the step would: its tf.function then traces once instead of twice (a first trace creating them)."""
+        routing = route_variables(self.model)
+        updated: list[bool] = []
+
+        def replica_gradients() -> tf.Tensor:  # in a replica context: distributed variables need one
+            with tf.GradientTape() as tape:
+                loss = self.model.compute_losses(batch, tf.constant(0, tf.int64), training=True,
+                                                 seed=tf.constant([0, 0], tf.int64))["loss/total"]
+            updated.extend(g is not None for g in tape.gradient(loss, routing.embedding + routing.dense))
+            return loss
+
+        self.strategy.run(replica_gradients)
+        n = len(routing.embedding)
+        if n:
+            create_slots(self.ftrl, [v for u, v in zip(updated[:n], routing.embedding) if u])
+        create_slots(self.adagrad, [v for u, v in zip(updated[n:], routing.dense) if u])
+
+    # ---- data ----
+    def _start_data(self, epochs: int | None = None) -> None:
+        """A new input iterator, and the checkpoint (with its position, on a single worker) that saves it.
+
+        A single worker's pipeline reads `epochs` (default: those not read by earlier pipelines) and ends;
+        workers of a multi-worker job repeat their shard of the files until the step count is reached.
+        """
+        t, read = self.training, int(self.epochs_read.numpy())
+        if self.multi_worker:
+            epochs = None
+        else:
+            epochs = epochs or max(t.epochs - read, 1)
+            self.pipeline_epochs.assign(epochs)
+        self.dataset = self.strategy.distribute_datasets_from_function(
+            lambda ctx: self._dataset(ctx, epochs, t.seed + read))
+        self.iterator = iter(self.dataset)
+        state = dict(self.state)
+        if not self.multi_worker:  # a distributed iterator's position is per worker: those restart their data
+            state["data"] = self.iterator
+        self.checkpoint = tf.train.Checkpoint(**state)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, checkpoint_dir(worker_dir(self.model_dir, self.strategy)),
+            max_to_keep=t.keep_checkpoints)
+
+    def _dataset(self, ctx: tf.distribute.InputContext, epochs: int | None, seed: int) -> tf.data.Dataset:
+        t = self.training
+        config = InputConfig(batch_size=ctx.get_per_replica_batch_size(t.batch_size), shuffle_buffer=t.shuffle_buffer,
+                             epochs=epochs, seed=seed,
+                             num_workers=ctx.num_input_pipelines, worker_index=ctx.input_pipeline_id,
+                             drop_remainder=self.multi_worker, skip_corrupt=self.skip_corrupt,
+                             deterministic=t.deterministic)
+        return make_pipeline(self.spec, self.data, config).dataset
+
+    def _next_epochs(self) -> bool:
+        """At the end of a pipeline (single worker): start one for the epochs still due, if any.
+
+        Without one, `epochs_read` stays as it is: a checkpoint holds it with the ended pipeline's position.
+        """
+        done = int(self.epochs_read.numpy()) + int(self.pipeline_epochs.numpy())
+        if done >= self.training.epochs:
+            return False
+        self.epochs_read.assign(done)
+        self._start_data()
+        return True
+
+    def _total_steps(self, estimated: int | None) -> int | None:
+        """max_steps; else the end of the data (single worker) or the estimate (workers must agree on a count)."""
+        t = self.training
+        if t.max_steps is not None:
+            return t.max_steps
+        if self.multi_worker:
+            if estimated is None:
+                raise ConfigError.single("config", "training.max_steps", "multi-worker training needs "
+                                         "training.max_steps or a known data size")
+            return estimated * t.epochs
+        return None
+
+    # ---- one step ----
+    def make_train_step(self):
+        model, ftrl, adagrad, step = self.model, self.ftrl, self.adagrad, self.step
+        replicas = self.strategy.num_replicas_in_sync
+        routing = route_variables(model)
+        seed = self.training.seed
+
+        def replica_step(batch: dict) -> dict[str, tf.Tensor]:
+            with tf.GradientTape() as tape:
+                losses = model.compute_losses(batch, step, training=True, seed=tf.stack([tf.cast(seed, tf.int64),
+                                                                                         step]))
+                scaled = losses["loss/total"] / replicas
+            grads = tape.gradient(scaled, routing.embedding + routing.dense)
+            n = len(routing.embedding)
+            if n:
+                ftrl.apply_gradients([(g, v) for g, v in zip(grads[:n], routing.embedding) if g is not None])
+            adagrad.apply_gradients([(g, v) for g, v in zip(grads[n:], routing.dense) if g is not None])
+            return losses
+
+        # No AutoGraph: the model's code branches on config values only (tensor logic uses tf ops), and
+        # converting it all took most of a job's start-up (~10 s of a 1.5 s trace).
+        @tf.function(autograph=False)
+        def train_step(batch: dict) -> dict[str, tf.Tensor]:
+            per_replica = self.strategy.run(replica_step, args=(batch,))
+            losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                      for k, v in per_replica.items()}
+            step.assign_add(1)
+            return losses
+
+        return train_step
+
+    # ---- the loop ----
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The checkpoint every worker resumes from: the chief's latest."""
+        return tf.train.latest_checkpoint(checkpoint_dir(self.model_dir))
+
+    def restore(self, path: str) -> None:
+        """Restore the model, optimizers and step from checkpoint `path`, then start the data at its saved
+        input position (single worker).
+
+        A checkpoint written by a multi-worker job holds no input position: a single worker resuming it
+        restarts its data. One written by a single worker holds one that workers ignore.
+        """
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        state = {k: v for k, v in self.state.items() if k in saved or k not in ("epochs_read", "pipeline_epochs")}
+        tf.train.Checkpoint(**state).restore(path).expect_partial().assert_existing_objects_matched()
+        if self.multi_worker:
+            self._start_data()
+        elif "data" in saved:  # the saved pipeline, at its saved position
+            self._start_data(int(self.pipeline_epochs.numpy()) if "pipeline_epochs" in saved else None)
+            tf.train.Checkpoint(data=self.iterator).restore(path).expect_partial().assert_existing_objects_matched()
+        else:
+            print(f"note: {path} holds no input position (written by a multi-worker job); the data restart")
+            self._start_data()
+
+    def barrier(self) -> None:
+        """Multi-worker: return once every worker calls it (e.g. after the chief's evaluation, so that the
+        workers leave together: one leaving early looks like a failure to the others)."""
+        if self.multi_worker:
+            self._gather(0)
+
+    def _gather(self, value: int) -> list[int]:
+        """Every worker's `value`, in worker order (a collective: all workers must call it)."""
+        @tf.function
+        def gather():
+            return self.strategy.gather(self.strategy.run(lambda: tf.constant([value], tf.int64)), axis=0)
+
+        return gather().numpy().tolist()
+
+    def _check_workers_agree(self, latest: str | None) -> None:
+        """Before restoring (which runs collectives too): fail on every worker if they would resume from
+        different checkpoints (e.g. MODEL_DIR is not one shared folder), instead of hanging or diverging."""
+        if len(set(self._gather(int(latest.rsplit("-", 1)[1]) if latest else -1))) > 1:
+            raise ModelDirError(f"the workers would resume from different checkpoints (this one: "
+                            f"{latest or 'none'}); give every worker the same --model-dir, on a filesystem they share")
+
+    def run(self) -> LoopResult:
+        t = self.training
+        resumed_from = None
+        latest = self.latest_checkpoint
+        if self.multi_worker:
+            self._check_workers_agree(latest)
+        if latest:
+            self.restore(latest)
+            resumed_from = int(self.step.numpy())
+        else:
+            self._start_data()
+        saved_step = resumed_from  # every worker must save at the same steps: decide on what they all know
+        if self._train_step is None:
+            self._train_step = self.make_train_step()
+        start_step = int(self.step.numpy())
+        progress = self._progress(start_step)
+        started, examples, last = time.time(), 0, {}
+        window_start, window_examples = time.time(), 0
+        while self.total_steps is None or int(self.step.numpy()) < self.total_steps:
+            if self.multi_worker:  # the data repeat: no end to agree on (which would cost a collective)
+                batch = next(self.iterator)
+            else:
+                optional = self.iterator.get_next_as_optional()
+                if not optional.has_value():
+                    if self._next_epochs():
+                        continue
+                    break
+                batch = optional.get_value()
+            losses = self._train_step(batch)
+            step = int(self.step.numpy())
+            rows = self._global_rows(batch)
+            examples += rows
+            window_examples += rows
+            if progress is not None:
+                progress.update(1)
+            if step % t.log_every == 0:
+                last = {k: float(v) for k, v in losses.items()}
+                now = time.time()
+                if self.chief:
+                    self.log(step, {**last, **self._lr(),
+                                     "examples_per_sec": window_examples / max(now - window_start, 1e-9)})
+                window_start, window_examples = now, 0
+                if progress is not None:
+                    progress.set_postfix(loss=f"{last['loss/total']:.4f}")
+            if t.eval_every and step % t.eval_every == 0:
+                self.evaluate(step)
+            if step % t.checkpoint_every == 0:
+                self.manager.save(checkpoint_number=step)
+                saved_step = step
+                if self.chief:  # a full scan of every table: at checkpoints, not every log line
+                    self.log(step, self.zero_row_shares())
+        step = int(self.step.numpy())
+        if saved_step != step:
+            self.manager.save(checkpoint_number=step)
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(self.scratch))  # MODEL_DIR/workers, once every worker's is gone
+            except OSError:
+                pass
+        if progress is not None:
+            progress.close()
+        if not last and step > start_step:
+            last = {k: float(v) for k, v in losses.items()}
+        return LoopResult(step, step - start_step, examples, time.time() - started, resumed_from, last)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        if self.on_evaluate is None or not self.chief:
+            return {}
+        metrics = self.on_evaluate(self.model, step)
+        self.log(step, metrics)
+        return metrics
+
+    # ---- helpers ----
+    def _global_rows(self, batch: dict) -> int:
+        weights = self.strategy.experimental_local_results(batch["sample_weight"])
+        return sum(int(w.shape[0]) for w in weights) * (self.strategy.num_replicas_in_sync
+                                                        // max(len(weights), 1))
+
+    def _progress(self, start: int):
+        if not (self.training.progress and self.chief):
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.estimated_steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def _lr(self) -> dict[str, float]:
+        return {f"lr/{name}": float(tf.keras.backend.get_value(opt.learning_rate))
+                for name, opt in (("ftrl", self.ftrl), ("adagrad", self.adagrad))}
+
+    def zero_row_shares(self) -> dict[str, float]:
+        """Share of all-zero rows per embedding table (what pruning at export will remove)."""
+        out = {}
+        for layer in self.model.embedding_tables:
+            table = layer.embeddings
+            zero = tf.reduce_all(tf.equal(table, 0.0), axis=1)
+            out[f"zero_rows/{layer.name.removeprefix('embedding_')}"] = float(tf.reduce_mean(tf.cast(zero, tf.float32)))
+        return out
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.chief:
+            return
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else float(v)) for k, v in values.items()}
+        with open(os.path.join(self.model_dir, HISTORY_FILE), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, **clean}) + "\n")
+        with self.writer.as_default(step=step):
+            for k, v in clean.items():
+                if v is not None and np.isfinite(v):
+                    tf.summary.scalar(k, v)
+        self.writer.flush()
+
+
+def remove_partial_checkpoints(directory: str) -> None:
+    """Delete what a checkpoint save killed midway left (`ckpt-N_temp/`: TensorFlow writes a checkpoint's shards
+    there before it renames them into place); `latest_checkpoint` never names one."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.endswith("_temp") and os.path.isdir(os.path.join(directory, name)):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def repair_history(path: str) -> None:
+    """Drop a last line left half-written by a killed job, so the file stays one JSON object per line."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)

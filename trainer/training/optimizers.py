@@ -1,0 +1,57 @@
+"""Optimizer routing: FTRL on every embedding table, AdaGrad on every other trainable variable.
+
+Both are the legacy tf.keras optimizers, whose kernels update only the rows a
+batch touched when the gradient is sparse (`tf.IndexedSlices` from
+`tf.gather`); the default (new) tf_keras FTRL rewrites the whole table every
+step. Which variable goes where is derived from the model: a variable owned by
+an `EmbeddingTable` layer is an embedding, everything else is dense.
+"""
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from trainer.config.knobs import FtrlConfig, ModelConfig
+
+Optimizer = tf.keras.optimizers.legacy.Optimizer
+
+
+@dataclass
+class Routing:
+    """The model's trainable variables by optimizer."""
+
+    embedding: list[tf.Variable]  # FTRL
+    dense: list[tf.Variable]  # AdaGrad
+
+
+def route_variables(model: tf.keras.Model) -> Routing:
+    """Split the model's trainable variables into embedding tables (`model.embedding_tables`) and the rest."""
+    tables = {id(v) for layer in model.embedding_tables for v in layer.trainable_variables}
+    embedding = [v for v in model.trainable_variables if id(v) in tables]
+    dense = [v for v in model.trainable_variables if id(v) not in tables]
+    return Routing(embedding, dense)
+
+
+def make_ftrl(config: FtrlConfig) -> Optimizer:
+    """The legacy FTRL of the embedding tables."""
+    return tf.keras.optimizers.legacy.Ftrl(learning_rate=config.learning_rate, l1_regularization_strength=config.l1,
+                                           l2_regularization_strength=config.l2,
+                                           initial_accumulator_value=config.initial_accumulator, name="ftrl")
+
+
+def make_optimizers(config: ModelConfig) -> tuple[Optimizer, Optimizer]:
+    """(FTRL for embeddings, AdaGrad for dense variables) from the config."""
+    a = config.adagrad
+    adagrad = tf.keras.optimizers.legacy.Adagrad(learning_rate=a.learning_rate,
+                                                 initial_accumulator_value=a.initial_accumulator, name="adagrad")
+    return make_ftrl(config.ftrl), adagrad
+
+
+def create_slots(optimizer: Optimizer, variables: list[tf.Variable]) -> None:
+    """Create the optimizer's slots (and hyperparameters) for `variables` now, without updating them.
+
+    The legacy optimizers have no public method for this: `build()` exists only on the new ones, and
+    `apply_gradients` would update the variables (FTRL even with a zero gradient). Creating them eagerly lets a
+    training step trace once, lets a checkpoint's slots be restored into objects (pruning reads them), and is
+    what ParameterServerStrategy needs before its first scheduled step.
+    """
+    optimizer._create_all_weights(variables)  # private, see above

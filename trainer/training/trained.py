@@ -1,0 +1,59 @@
+"""Load what a training job wrote: a model directory's model at a checkpoint, or a separately trained teacher."""
+import tensorflow as tf
+
+from trainer.data.catalog import ItemCatalog
+from trainer.data.input_config import InputConfig
+from trainer.data.pipeline import make_pipeline
+from trainer.errors import DataError, ModelDirError
+from trainer.models.joint import JointModel
+from trainer.preprocessing.fitted import Preprocessing
+from trainer.spec.types import Spec
+from trainer.training.layout import checkpoint_dir, preprocessing_dir
+from trainer.training.run_record import check_or_record, recorded_config
+
+
+def latest_checkpoint(model_dir: str) -> str | None:
+    """The newest complete checkpoint of `model_dir` (its path prefix), or None."""
+    return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+
+
+def build_variables(model: JointModel, spec: Spec, sample_data: str | list[str]) -> None:
+    """Create every variable of `model` by running it on a few rows of `sample_data`."""
+    for batch in make_pipeline(spec, sample_data, InputConfig(batch_size=8, shuffle_buffer=0)):
+        model(batch["features"])
+        return
+    raise DataError(f"no rows in {sample_data}")
+
+
+def load_trained(spec: Spec, model_dir: str, sample_data: str | list[str], catalog: ItemCatalog | None = None,
+                 checkpoint: str | None = None) -> JointModel:
+    """The model of `model_dir` at `checkpoint` (default: its latest); `sample_data` gives one batch to
+    create variables. Its `checkpoint_path` says which checkpoint it holds."""
+    config = recorded_config(model_dir)
+    check_or_record(model_dir, spec, config)  # refuses a spec that changed since training
+    latest = checkpoint or latest_checkpoint(model_dir)
+    if latest is None:
+        raise ModelDirError(f"{model_dir}: no checkpoint in {checkpoint_dir(model_dir)}")
+    if not tf.io.gfile.exists(latest + ".index"):
+        raise ModelDirError(f"{latest}: no such checkpoint (missing {latest}.index)")
+    fitted = Preprocessing.load(preprocessing_dir(model_dir, config))
+    model = JointModel(spec, fitted, config, catalog, name="joint")
+    build_variables(model, spec, sample_data)
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    model.checkpoint_path = latest
+    return model
+
+
+def restore_teacher(model: JointModel, teacher_dir: str) -> None:
+    """Load a separately trained teacher (encoder + MMoE) from its model directory's latest checkpoint into a
+    student-mode model's `teacher_encoder` and `teacher`."""
+    latest = latest_checkpoint(teacher_dir)
+    if latest is None:
+        raise ModelDirError(f"training.teacher_dir {teacher_dir}: no checkpoint in {checkpoint_dir(teacher_dir)}")
+    tf.train.Checkpoint(**teacher_objects(model)).restore(latest).expect_partial().assert_existing_objects_matched()
+
+
+def teacher_objects(model: JointModel) -> dict:
+    """A student-mode model's frozen teacher laid out as in the teacher's own checkpoints (its `teacher_encoder`
+    stands where the teacher's `encoder` was), for `tf.train.Checkpoint(**teacher_objects(model))`."""
+    return {"model": tf.train.Checkpoint(encoder=model.teacher_encoder, teacher=model.teacher)}
