@@ -1,4 +1,4 @@
-"""Write synthetic data for a feature spec (see `trainer.synthetic`).
+"""Write synthetic data for a feature spec (see `trainer.data.datasets.synthetic`).
 
 Example:
     .venv/bin/python scripts/make_synthetic.py feature_specs/synthetic_large.yaml --rows 1000000 --out /tmp/synth

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from serving.savedmodel.export import export_model
 from trainer.cli import main
 from trainer.data.datasets.kuairand import convert_kuairand
 from trainer.spec import Spec, load_spec
@@ -13,6 +14,12 @@ from trainer.spec import Spec, load_spec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUAIRAND_SPEC = os.path.join(REPO, "feature_specs", "kuairand.yaml")
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+# The `trained_small` model's --set overrides of the KuaiRand spec's config.
+SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "training.progress=false",
+                         "training.checkpoint_every=6", "model.ftrl.l1=0.01",
+                         "model.student.dual_augmented.enabled=true", "model.student.user_tower=[32,16]",
+                         "model.student.item_tower=[32,16]", "model.teacher.expert_layers=[32]",
+                         "model.teacher.task_tower=[16]"]
 
 
 def spec_text(name: str) -> str:
@@ -51,10 +58,14 @@ def trained_small(kuairand_slice, tmp_path_factory) -> tuple[str, str]:
     a run); dual augmented vectors add augment tables; checkpoints at steps 6 and 12."""
     data = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz")
     model_dir = str(tmp_path_factory.mktemp("model"))
-    overrides = ["training.batch_size=256", "training.epochs=1", "training.progress=false",
-                 "training.checkpoint_every=6", "model.ftrl.l1=0.01", "model.student.dual_augmented.enabled=true",
-                 "model.student.user_tower=[32,16]", "model.student.item_tower=[32,16]",
-                 "model.teacher.expert_layers=[32]", "model.teacher.task_tower=[16]"]
-    args = [a for o in overrides for a in ("--set", o)]
+    args = [a for o in SMALL_MODEL_OVERRIDES for a in ("--set", o)]
     assert main(["train", KUAIRAND_SPEC, "--model-dir", model_dir, "--data", data, "--validation", data, *args]) == 0
     return model_dir, data
+
+
+@pytest.fixture(scope="session")
+def exported_small(trained_small, spec, tmp_path_factory):
+    """(ExportResult, data glob): the pruned SavedModel of `trained_small`, version 1 of its own base."""
+    model_dir, data = trained_small
+    base = str(tmp_path_factory.mktemp("export"))
+    return export_model(spec, model_dir, base, sample_data=data, log=lambda *_: None), data

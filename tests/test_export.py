@@ -13,7 +13,6 @@ import pytest
 import tensorflow as tf
 
 from serving.item_store.embed import embed_items
-from serving.savedmodel.export import export_model
 from serving.savedmodel.layout import MANIFEST, versions
 from serving.item_store.reader import ItemVectorStore
 from serving.savedmodel.prune import PrunedTable, prune_model, zero_never_updated
@@ -29,17 +28,11 @@ from trainer.evaluation.predict import predict
 from trainer.spec import load_spec
 from trainer.training.trained import load_trained
 
+pytestmark = pytest.mark.slow  # the shared trained model, exports and CLI runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC_PATH = os.path.join(REPO, "feature_specs", "kuairand.yaml")
 SIGNATURES = {"user_embedding", "item_embedding", "prerank", "pairwise", "fine_rank"}
-
-
-@pytest.fixture(scope="module")
-def exported(trained_small, spec, tmp_path_factory):
-    model_dir, data = trained_small
-    base = str(tmp_path_factory.mktemp("export"))
-    result = export_model(spec, model_dir, base, sample_data=data, log=lambda *_: None)
-    return result, data
 
 
 def test_pruned_model_equals_the_trained_model_on_held_out_data(trained_small, kuairand_heldout, spec):
@@ -82,8 +75,8 @@ def test_pruning_keeps_rows_exactly_and_maps_never_seen_ids_to_zeros(trained_sma
     assert report["video"].never_updated >= 1
 
 
-def test_export_reports_pruning_and_writes_a_versioned_saved_model(exported):
-    result, _ = exported
+def test_export_reports_pruning_and_writes_a_versioned_saved_model(exported_small):
+    result, _ = exported_small
     assert os.path.basename(result.path) == "1" and result.version == 1
     total_before = sum(r.bytes_before for r in result.pruning)
     total_after = sum(r.bytes_after for r in result.pruning)
@@ -95,8 +88,8 @@ def test_export_reports_pruning_and_writes_a_versioned_saved_model(exported):
     assert {p["table"] for p in manifest["pruning"]} >= {"user", "video", "user_author"}
 
 
-def test_every_signature_matches_the_in_memory_model(exported, trained_small, kuairand_heldout, spec):
-    result, data = exported
+def test_every_signature_matches_the_in_memory_model(exported_small, trained_small, kuairand_heldout, spec):
+    result, data = exported_small
     model_dir, _ = trained_small
     model = load_trained(spec, model_dir, data)
     prune_model(model, model.checkpoint_path)
@@ -127,8 +120,8 @@ def test_every_signature_matches_the_in_memory_model(exported, trained_small, ku
         loaded.signatures["prerank"](**{k: tf.constant(v) for k, v in inputs.items()})
 
 
-def test_warmup_holds_one_request_per_signature_built_from_the_spec(exported, spec):
-    result, _ = exported
+def test_warmup_holds_one_request_per_signature_built_from_the_spec(exported_small, spec):
+    result, _ = exported_small
     requests = {r.model_spec.signature_name: r for r in read_warmup(result.path)}
     assert set(requests) == SIGNATURES
     assert all(r.model_spec.name == "prerank" for r in requests.values())
@@ -144,8 +137,8 @@ def test_warmup_holds_one_request_per_signature_built_from_the_spec(exported, sp
     assert watch.dtype == np.int64 and watch.ndim == 2  # sequences padded to [B, L]
 
 
-def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(exported, kuairand_heldout, capsys):
-    result, _ = exported
+def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(exported_small, kuairand_heldout, capsys):
+    result, _ = exported_small
     data = kuairand_heldout  # 04-30: held out from training
     assert main(["verify-export", os.path.dirname(result.path), "--data", data, "--batches", "2"]) == 0
     out = capsys.readouterr().out
@@ -167,8 +160,8 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
             json.dump(manifest, fh)
 
 
-def test_an_existing_version_is_never_overwritten(exported, trained_small, spec, capsys):
-    result, data = exported
+def test_an_existing_version_is_never_overwritten(exported_small, trained_small, spec, capsys):
+    result, data = exported_small
     model_dir, _ = trained_small
     base = os.path.dirname(result.path)
     before = os.path.getmtime(os.path.join(result.path, "saved_model.pb"))
@@ -193,12 +186,12 @@ def test_a_killed_export_leaves_no_version_and_the_next_one_cleans_up(trained_sm
     assert versions(str(base)) == [] and any(p.name.startswith(".tmp-") for p in base.iterdir())
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "exported version 1" in result.stdout
+    assert "exported_small version 1" in result.stdout
     assert sorted(p.name for p in base.iterdir()) == ["1"]  # the killed export's leftovers are gone
 
 
-def test_embed_items_writes_every_catalog_vector_under_the_model_version(exported, spec, tmp_path):
-    result, data = exported
+def test_embed_items_writes_every_catalog_vector_under_the_model_version(exported_small, spec, tmp_path):
+    result, data = exported_small
     store = str(tmp_path / "store")
     embedded = embed_items(os.path.dirname(result.path), store, data, batch_size=500, progress=False)
     assert embedded.model_version == 1 and embedded.resumed_from == 0

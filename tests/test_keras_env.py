@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # three fresh interpreters importing TensorFlow
+
 _SCENARIOS = {
     # (a) prerank first, then TensorFlow.
     "trainer_first": """

@@ -16,6 +16,8 @@ from trainer.data.pipeline import make_pipeline
 from trainer.data.datasets.kuairand import ITEM_SKIPPED, ITEM_STATIC, SEQUENCES, convert_kuairand
 from trainer.spec import load_spec
 
+pytestmark = pytest.mark.slow  # converts the real KuaiRand tables
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "data", "kuairand")
 SPEC = os.path.join(ROOT, "feature_specs", "kuairand.yaml")

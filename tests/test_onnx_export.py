@@ -23,6 +23,8 @@ from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.training.trained import load_trained
 
+pytestmark = pytest.mark.slow  # the shared trained model and ONNX conversions
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, "feature_specs", "kuairand.yaml")
 

@@ -71,7 +71,7 @@ def test_repeated_step_keeps_the_last_value_per_key(tmp_path):
 def test_without_evaluation_json_consistency_is_skipped_with_a_note(tmp_path, caplog):
     write_history(tmp_path, training_lines())
     out = tmp_path / "plots"
-    with caplog.at_level(logging.WARNING, logger="trainer.report"):
+    with caplog.at_level(logging.WARNING, logger="trainer.evaluation.report"):
         paths = write_report(str(tmp_path), str(out))
     assert [os.path.basename(p) for p in paths] == [p for p in PNGS if p != "consistency.png"]
     assert all(os.path.dirname(p) == str(out) for p in paths)

@@ -3,9 +3,11 @@ import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
 import json
 import os
+import shutil
 
 import pytest
 
+from conftest import SMALL_MODEL_OVERRIDES
 from trainer.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,25 +32,27 @@ def test_validate_bad_spec_lists_every_error_and_exits_2(tmp_path, capsys):
     assert f"{bad}:5: labels[0].type: expected one of binary, regression, got 'maybe'" in err
 
 
-def test_train_job_fits_preprocessing_trains_and_writes_metrics(kuairand_slice, tmp_path, capsys):
-    model_dir = str(tmp_path / "model")
-    data = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz")
-    small = ["--set", "training.batch_size=256", "--set", "training.epochs=1", "--set", "training.progress=false",
-             "--set", "model.student.user_tower=[32,16]", "--set", "model.student.item_tower=[32,16]",
-             "--validation", data, "--data", data]
-    assert main(["train", SPEC, "--model-dir", model_dir, *small]) == 0
-    out = capsys.readouterr().out
-    assert "trained to step 12 (12 steps here, 3000 examples" in out  # ceil(3000 / 256) steps: one epoch
-    with open(os.path.join(model_dir, "preprocessing", "preprocessing.json")) as fh:
+@pytest.mark.slow
+def test_train_job_fits_preprocessing_trains_and_writes_metrics(trained_small, tmp_path, capsys):
+    """The shared model was trained by `prerank train` (one epoch of 3,000 rows, batch 256): what the job wrote,
+    then a resumed run and the other commands on a copy of it."""
+    trained_dir, data = trained_small
+    with open(os.path.join(trained_dir, "preprocessing", "preprocessing.json")) as fh:
         meta = json.load(fh)
     assert meta["rows"] == 3000 and meta["tables"]["video"]["size"] > 100
-    with open(os.path.join(model_dir, "metrics.json")) as fh:
+    with open(os.path.join(trained_dir, "metrics.json")) as fh:
         metrics = json.load(fh)
-    assert metrics["step"] == 12 and 0.0 < metrics["validation"]["student"]["auc"] < 1.0
+    assert metrics["step"] == 12 and metrics["training"]["steps_run"] == 12  # ceil(3000 / 256): one epoch
+    assert metrics["training"]["examples"] == 3000 and metrics["training"]["resumed_from"] is None
+    assert 0.0 < metrics["validation"]["student"]["auc"] < 1.0
     assert set(metrics["validation"]["teacher"]) == {"click", "long_view", "like", "watch_time"}
+
+    model_dir = str(tmp_path / "model")
+    shutil.copytree(trained_dir, model_dir)
     os.utime(os.path.join(model_dir, "preprocessing", "preprocessing.json"), (0, 0))
-    assert main(["train", SPEC, "--model-dir", model_dir, *small]) == 0  # finished: resumes at its last step
-    assert "trained to step 12 (0 steps here" in capsys.readouterr().out
+    same = [a for o in SMALL_MODEL_OVERRIDES for a in ("--set", o)]
+    assert main(["train", SPEC, "--model-dir", model_dir, "--data", data, "--validation", data, *same]) == 0
+    assert "trained to step 12 (0 steps here" in capsys.readouterr().out  # finished: resumes at its last step
     assert os.path.getmtime(os.path.join(model_dir, "preprocessing", "preprocessing.json")) == 0  # reused
 
     assert main(["evaluate", SPEC, "--model-dir", model_dir, "--data", data, "--items", data,
@@ -74,6 +78,7 @@ def test_train_job_reports_data_errors_and_exits_2(tmp_path, capsys):
     assert f"data error: no files match {missing}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_task_module_runs_the_same_job(kuairand_slice, tmp_path, capsys):
     from trainer.task import main as task_main
     data = os.path.join(kuairand_slice, "date=20220425", "*.tfrecord.gz")

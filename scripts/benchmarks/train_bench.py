@@ -129,8 +129,8 @@ class FitModel(JointModel):
 
     def train_step(self, data: dict) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
-            loss = self.compute_losses(data, self._train_counter, training=True,
-                                       seed=tf.stack([tf.constant(0, tf.int64), self._train_counter]))["loss/total"]
+            loss = self.compute_losses(data, self.optimizer.iterations, training=True,
+                                       seed=tf.stack([tf.constant(0, tf.int64), self.optimizer.iterations]))["loss/total"]
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return {"loss": loss}
 

@@ -1,9 +1,9 @@
 """ONNX export of the student: user tower, item tower and the prerank scorer, taking integer ids.
 
-The graphs take the inputs of `serving.onnx_inputs` (table row ids, transformed
+The graphs take the inputs of `serving.onnx.inputs` (table row ids, transformed
 numbers). The pruned tables (compact rows behind an int32 index) are inside
 the graphs, so row ids are the trained table's rows and the fitted
-vocabularies stay valid; `inputs.json` beside the graphs (`serving.onnx_manifest`)
+vocabularies stay valid; `inputs.json` beside the graphs (`serving.onnx.manifest`)
 says how raw values become each input.
 
 Graphs: user_vector.onnx (user inputs [N] -> user_vector [N, d]),
