@@ -7,6 +7,7 @@ setup(
     description="Two-tower pre-ranking student distilled from an MMoE teacher, driven by a feature-spec YAML.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["trainer", "trainer.*", "serving", "serving.*"]),
+    package_data={"serving.tf_serving": ["models.config", "batching_parameters.pbtxt", "Dockerfile", "README.md"]},
     install_requires=[
         "tensorflow==2.21.*",
         "tensorboard==2.21.*",  # TensorBoard scalars (tf.summary needs it)
