@@ -22,6 +22,7 @@ import tensorflow as tf
 from trainer.errors import ExportError
 from trainer.layers.embedding import EmbeddingTable
 from trainer.models.joint import JointModel
+from trainer.training.layout import teacher_dir
 from trainer.training.optimizers import create_slots, make_ftrl
 from trainer.training.run_record import recorded_config
 from trainer.training.trained import latest_checkpoint, teacher_objects
@@ -129,13 +130,13 @@ def _restore_ftrl_slots(objects: dict, tables: list[tf.Variable], ftrl_config, c
 def _teacher_updated_rows(model: JointModel, slots: dict[str, TableSlot], values: dict[str, np.ndarray]) -> dict:
     """A distilled student's frozen teacher tables have no slots in its own checkpoint: their updated rows from
     the teacher's latest checkpoint, for the tables that checkpoint still holds exactly as the student has them."""
-    teacher_dir = model.config.training.teacher_dir if model.mode == "student" else None
-    latest = latest_checkpoint(teacher_dir) if teacher_dir else None
+    teacher = teacher_dir(model.config)
+    latest = latest_checkpoint(teacher) if teacher else None
     labels = [label for label in slots if label.startswith("teacher/")]
     if latest is None or not labels:
         return {}
     tables = [slots[label].layer.embeddings for label in labels]
-    ftrl_config = recorded_config(teacher_dir).model.ftrl
+    ftrl_config = recorded_config(teacher).model.ftrl
     ftrl = _restore_ftrl_slots(teacher_objects(model), tables, ftrl_config, latest)  # also restores the values
     out = {}
     for label, table in zip(labels, tables):

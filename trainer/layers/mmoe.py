@@ -44,16 +44,19 @@ class MMoE(tf.keras.layers.Layer):
         self.gates = {t: tf.keras.layers.Dense(experts, name=f"gate_{t}") for t in self.tasks}
         self.towers = {t: MLP(self.task_tower + [1], last_activation=None, name=f"tower_{t}") for t in self.tasks}
 
-    def gate_weights(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Each task's softmax weights over the experts, [B, experts], for the concatenated fields x."""
-        return {t: tf.nn.softmax(self.gates[t](x), axis=-1) for t in self.tasks}
+    def gate_weights(self, task: str, x: tf.Tensor) -> tf.Tensor:
+        """A task's softmax weights over the experts, [B, experts], for the concatenated fields x."""
+        return tf.nn.softmax(self.gates[task](x), axis=-1)
 
     def call(self, encoded: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """{task: output [B]}."""
         x = tf.concat([encoded[name] for name in self.fields], axis=-1)
         experts = tf.stack([e(x, training=training) for e in self.experts], axis=1)  # [B, n, d]
-        return {t: tf.squeeze(self.towers[t](tf.reduce_sum(experts * gate[:, :, None], axis=1)), -1)
-                for t, gate in self.gate_weights(x).items()}
+        out = {}
+        for t in self.tasks:  # gate then tower, task by task: the order their weights are created in
+            mixed = tf.reduce_sum(experts * self.gate_weights(t, x)[:, :, None], axis=1)
+            out[t] = tf.squeeze(self.towers[t](mixed), -1)
+        return out
 
     def get_config(self) -> dict:
         return {**super().get_config(), "fields": self.input_fields, "tasks": self.tasks, "experts": self.num_experts,

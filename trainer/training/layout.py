@@ -30,8 +30,12 @@ def checkpoint_dir(model_dir: str) -> str:
     return os.path.join(model_dir, CHECKPOINT_DIR)
 
 
+def teacher_dir(config: Config) -> str | None:
+    """The model directory of the separately trained teacher a student-mode run distils from (else None)."""
+    return config.training.teacher_dir if config.model.mode == "student" else None
+
+
 def preprocessing_dir(model_dir: str, config: Config) -> str:
     """Where a model's fitted preprocessing lives: its own directory's, or, for a student distilled from a
-    separately trained teacher (model.mode student), the teacher's, whose tables it shares."""
-    owner = config.training.teacher_dir if config.model.mode == "student" else model_dir
-    return os.path.join(owner, PREPROCESSING_DIR)
+    separately trained teacher, the teacher's, whose tables it shares."""
+    return os.path.join(teacher_dir(config) or model_dir, PREPROCESSING_DIR)
