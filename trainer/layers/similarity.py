@@ -97,7 +97,8 @@ class MultiHeadSimilarity(Similarity):
         if dim % heads:
             raise ValueError(f"the vector size {dim} must divide into {heads} heads")
         self.heads = heads
-        self.attention = tf.keras.layers.Dense(heads, name="head_attention")
+        # zero weights: the attention starts uniform, and the score starts as the plain dot product
+        self.attention = tf.keras.layers.Dense(heads, kernel_initializer="zeros", name="head_attention")
 
     def head_weights(self, u: tf.Tensor) -> tf.Tensor:
         """The weight of each head, [B, heads], summing to `heads`."""

@@ -141,5 +141,6 @@ class Tower(tf.keras.layers.Layer):
         return tf.add_n([weights[i] * o for i, o in enumerate(outputs)])
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "fields": self.fields, "sizes": self.sizes, "towers": self.tower_specs,
+        towers = [{"name": t["name"], "params": dict(t["params"].items())} for t in self.tower_specs]  # unwrapped
+        return {**super().get_config(), "fields": self.fields, "sizes": self.sizes, "towers": towers,
                 "senet_reduction": self.senet_reduction, "extra_fields": self.extra_fields}
