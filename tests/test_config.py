@@ -3,40 +3,30 @@ and which changes a model directory's run.json accepts on resume."""
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 
+from conftest import spec_text
 from trainer.config import Component, Config, TrainingConfig, load_config
 from trainer.training.run_record import RESUMABLE_KEYS, config_changes
 from trainer.errors import ConfigError
 from trainer.spec import load_spec
 
-SPEC = """\
-name: cfg
-data: {format: tfrecord}
-group_key: [user_id]
-features:
-  - {name: user_id, kind: categorical, side: user, dtype: int64, vocabulary: {source: hash, buckets: 100},
-     embedding: {dim: 4}}
-  - {name: video_id, kind: categorical, side: item, dtype: int64, vocabulary: {source: hash, buckets: 100},
-     embedding: {dim: 4}}
-labels:
-  - {name: click, type: binary}
-  - {name: watch_time, type: regression, transform: log1p}
-model:
-  student:
-    user_tower: [32, 16]
-    item_tower: [32, 16]
-    similarity: dot
-  teacher:
-    experts: 2
-training:
-  batch_size: 256
-"""
-LINE = {key: n for n, key in enumerate(["name", "data", "group_key", "features", "user_id", "", "video_id", "",
-                                        "labels", "click", "watch_time", "model", "student", "user_tower",
-                                        "item_tower", "similarity", "teacher", "experts", "training",
-                                        "batch_size"], 1) if key}
+SPEC = spec_text("config_test")
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """The 1-based line of each key's first occurrence: a `key:` or a list item's `- {name: key, ...}`."""
+    lines = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        key = re.match(r"\s*(?:- \{name: (\w+)|(\w+):)", line)
+        if key:
+            lines.setdefault(key.group(1) or key.group(2), n)
+    return lines
+
+
+LINE = key_lines(SPEC)
 
 
 def write(tmp_path, text: str, name: str = "spec.yaml") -> str:
@@ -155,7 +145,8 @@ def test_set_overrides_nested_keys_and_list_values(tmp_path):
         "model.teacher.fused_weights={click: 1, watch_time: 0.5}", "training.max_steps=100",
         "training.eval_batches=null", " training.seed = 3"])
     s = config.model.student
-    assert (s.user_tower, s.item_tower, s.towers, s.senet.enabled) == ([8, 4], [6, 4], [Component("mlp"), Component("fm")], True)
+    assert (s.user_tower, s.item_tower, s.towers, s.senet.enabled) == \
+           ([8, 4], [6, 4], [Component("mlp"), Component("fm")], True)
     assert s.similarity == Component("dot") and s.senet.reduction == 4  # the file's and the default
     assert config.model.distill.schedule.kind == "sigmoid" and config.model.distill.schedule.max == 2.0
     assert config.model.teacher.fused_weights == {"click": 1.0, "watch_time": 0.5}
@@ -248,8 +239,8 @@ def test_prerank_train_prints_config_errors_and_exits_2(tmp_path, capsys, monkey
         "  command line --set: training.progress: expected true/false, got 'nope'"]
     assert main(["train", path, "--model-dir", model_dir, "--data", "unused*"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"config error: {path}:{LINE['item_tower']}: model.student.item_tower: the towers' last sizes must match (the vectors "
-        "are compared): user tower ends with 16, item tower with 8"]
+        f"config error: {path}:{LINE['item_tower']}: model.student.item_tower: the towers' last sizes must match "
+        "(the vectors are compared): user tower ends with 16, item tower with 8"]
     assert not os.path.exists(model_dir)  # nothing written for a bad config
     monkeypatch.setenv("TF_CONFIG", "{cluster: 1}")
     assert main(["train", path, "--model-dir", model_dir, "--data", "unused*"]) == 2

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import spec_text
 from trainer.preprocessing.analyze import analyze
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.errors import DataError
@@ -14,27 +15,7 @@ from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.spec import parse_spec
 
-SPEC = """
-name: tiny
-group_key: [user_id]
-labels:
-  - {name: click, type: binary}
-features:
-  - {name: user_id, kind: categorical, side: user, dtype: int64,
-     vocabulary: {source: data, min_count: 2}, embedding: {table: user, dim: 4}}
-  - {name: city, kind: categorical, side: context, dtype: string,
-     vocabulary: {source: data, max_size: 2, oov_buckets: 2}, embedding: {dim: 3}}
-  - {name: watch_seq, kind: sequence, side: user, dtype: int64, max_length: 3, pooling: mean,
-     vocabulary: {source: data}, embedding: {table: video, dim: 4}}
-  - {name: video_id, kind: categorical, side: item, dtype: int64,
-     vocabulary: {source: data}, embedding: {table: video, dim: 4}}
-  - {name: price, kind: numeric, side: item, transform: [log1p, zscore], default: 0}
-  - {name: price_bucket, source: price, kind: numeric, side: item, default: 0,
-     transform: [{bucketize: [1, 10]}], embedding: {dim: 2}}
-  - {name: age, kind: numeric, side: user, transform: minmax}
-  - {name: user_video, kind: categorical, side: cross, dtype: int64, cross_of: [user_id, video_id],
-     vocabulary: {source: hash, buckets: 50}, embedding: {dim: 2}}
-"""
+SPEC = spec_text("features_test")
 USERS = [1, 1, 1, 2, 2, 3]
 CITIES = ["a", "a", "a", "b", "b", "c"]
 SEQS = [[10, 11, 12, 13], [], [10], [11, 11], [12], [10, 12]]

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 import tensorflow as tf
 
+from conftest import spec_text
 from trainer.spec.columns import raw_columns
 from trainer.errors import DataError
 from trainer.data.writers import Column, serialize_rows, shard_ranges, write_csv, write_shards, write_tfrecord
@@ -15,31 +16,7 @@ from trainer.data.pipeline import make_pipeline
 from trainer.data.records import PAD_ID, PAD_STRING
 from trainer.spec import load_spec
 
-SPEC = """
-name: tiny
-data: {format: tfrecord, compression: none}
-group_key: [user_id, day]
-sample_weight: weight
-labels:
-  - {name: click, column: is_click, type: binary}
-  - {name: watch, column: watch_time, type: regression, transform: log1p}
-features:
-  - {name: user_id, kind: categorical, side: user, dtype: int64, vocabulary: {source: data},
-     embedding: {table: user, dim: 4}}
-  - {name: city, kind: categorical, side: user, dtype: string, vocabulary: {source: data},
-     embedding: {dim: 4}, default: unk}
-  - {name: hist, kind: sequence, side: user, dtype: int64, max_length: 3, keep: last,
-     vocabulary: {source: data}, embedding: {table: item, dim: 4}}
-  - {name: age, kind: numeric, side: user, default: 30.0, transform: [zscore]}
-  - {name: item_id, kind: categorical, side: item, dtype: int64, vocabulary: {source: data},
-     embedding: {table: item, dim: 4}}
-  - {name: tags, kind: sequence, side: item, dtype: string, max_length: 2, keep: first,
-     vocabulary: {source: hash, buckets: 100}, embedding: {dim: 4}}
-  - {name: price, kind: numeric, side: item, transform: [{bucketize: [1.0, 10.0]}], embedding: {dim: 2}}
-  - {name: emb, kind: dense_vector, side: item, dim: 3}
-  - {name: user_item, kind: categorical, side: cross, dtype: int64, cross_of: [user_id, item_id],
-     vocabulary: {source: hash, buckets: 1000}, embedding: {dim: 4}}
-"""
+SPEC = spec_text("input_test")
 N_ROWS, N_SHARDS = 40, 3
 INPUTS = {"user_id", "city", "hist", "age", "item_id", "tags", "price", "emb"}
 ORDERED = dict(shuffle_buffer=0, deterministic=True)
@@ -398,15 +375,7 @@ def test_errors_are_plain_data_errors_without_tensorflow_noise(data, tmp_path):
     assert message.startswith(f"{tfr}#5: column 'is_click'")
 
 
-NUMBERS_SPEC = """
-name: numbers
-labels: [{name: click, type: binary}]
-features:
-  - {name: user_id, kind: categorical, side: user, dtype: int64, vocabulary: {source: data}, embedding: {dim: 2}}
-  - {name: item_id, kind: categorical, side: item, dtype: int64, vocabulary: {source: data}, embedding: {dim: 2}}
-  - {name: views, kind: numeric, side: item, default: 0}
-  - {name: ratio, kind: numeric, side: item, default: 0.5}
-"""
+NUMBERS_SPEC = spec_text("input_numbers")
 
 
 def test_numbers_stored_as_int64_take_their_defaults(tmp_path):

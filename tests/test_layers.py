@@ -3,7 +3,8 @@ the get_config round trip of every layer that has one.
 
 A round trip builds `cls.from_config(layer.get_config())`: the config holds plain (JSON) values, the clone's
 config equals the original's, and with the original's weights (randomised first, so that copying them
-matters) it gives the same output on the same input. FeatureEncoder has no get_config (its docstring says why) and is not tested here.
+matters) it gives the same output on the same input. FeatureEncoder has no get_config (its docstring says
+why) and is not tested here.
 """
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 

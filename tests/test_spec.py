@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from conftest import spec_text
 from trainer.errors import SpecError
 from trainer.spec import load_spec
 
@@ -13,54 +14,7 @@ KUAIRAND = os.path.join(REPO, "feature_specs", "kuairand.yaml")
 
 # features: [0] user_id, [1] video_id, [2] watch_seq, [3] duration, [4] stat_plays, [5] user_video
 # labels:   [0] click, [1] watch
-BASE = """\
-name: tiny
-labels:
-  - {name: click, column: is_click, type: binary}
-  - name: watch
-    column: play_ms
-    type: regression
-    transform: log1p
-features:
-  - name: user_id
-    kind: categorical
-    side: user
-    dtype: int64
-    vocabulary: {source: data}
-    embedding: {table: user, dim: 8}
-  - name: video_id
-    kind: categorical
-    side: item
-    dtype: int64
-    vocabulary: {source: data, min_count: 1}
-    embedding:
-      table: video
-      dim: 16
-  - name: watch_seq
-    kind: sequence
-    side: user
-    dtype: int64
-    max_length: 20
-    pooling: mean
-    vocabulary: {source: data, min_count: 1}
-    embedding: {table: video, dim: 16}
-  - name: duration
-    source: duration_ms
-    kind: numeric
-    side: item
-    transform: [log1p, zscore]
-  - name: stat_plays
-    kind: numeric
-    side: privileged
-    transform: [log1p, zscore]
-  - name: user_video
-    kind: categorical
-    side: cross
-    dtype: int64
-    cross_of: [user_id, video_id]
-    vocabulary: {source: hash, buckets: 1000}
-    embedding: {dim: 4}
-"""
+BASE = spec_text("spec_base")
 
 
 def edit(text: str, old: str, new: str) -> str:

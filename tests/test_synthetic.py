@@ -9,6 +9,7 @@ import pytest
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 import tensorflow as tf
 
+from conftest import spec_text
 from trainer.data.writers import Column, write_shards
 from trainer.spec import load_spec, parse_spec
 from trainer.data.datasets.synthetic import SyntheticResult, generate
@@ -16,38 +17,7 @@ from trainer.data.datasets.synthetic import SyntheticResult, generate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ROWS = 6000
 
-SPEC = """
-name: synthetic_test
-data: {format: tfrecord, compression: GZIP}
-features:
-  - {name: user_id, kind: categorical, side: user, dtype: int64, cardinality: 5000,
-     vocabulary: {source: hash, buckets: 5000}, embedding: {table: user, dim: 8}}
-  - {name: city, kind: categorical, side: user, dtype: string, cardinality: 50, default: unknown,
-     vocabulary: {source: data}, embedding: {dim: 4}}
-  - {name: watch_seq, kind: sequence, side: user, dtype: int64, max_length: 20,
-     vocabulary: {source: hash, buckets: 2000}, embedding: {table: video, dim: 8}}
-  - {name: tag_seq, kind: sequence, side: user, dtype: string, max_length: 5,
-     vocabulary: {source: data}, embedding: {table: tag, dim: 4}}
-  - {name: user_age, kind: numeric, side: user, transform: [log1p, zscore], default: 0.0}
-  - {name: hour, kind: categorical, side: context, dtype: int64, cardinality: 24,
-     vocabulary: {source: data}, embedding: {dim: 4}}
-  - {name: video_id, kind: categorical, side: item, dtype: int64, cardinality: 2000,
-     vocabulary: {source: hash, buckets: 2000}, embedding: {table: video, dim: 8}}
-  - {name: tag, kind: categorical, side: item, dtype: string,
-     vocabulary: {source: data}, embedding: {table: tag, dim: 4}}
-  - {name: duration, kind: numeric, side: item, transform: [{bucketize: [1.0, 10.0, 100.0]}],
-     embedding: {dim: 4}}
-  - {name: video_emb, kind: dense_vector, side: item, dim: 6}
-  - {name: user_x_channel, kind: categorical, side: cross, cross_of: [user_id, channel], dtype: int64,
-     vocabulary: {source: hash, buckets: 10000}, embedding: {dim: 4}}
-  - {name: stat_ctr, kind: numeric, side: privileged}
-labels:
-  - {name: click, type: binary}
-  - {name: like, type: binary}
-  - {name: watch_time, type: regression, transform: log1p, column: play_time_ms}
-sample_weight: weight
-group_key: [user_id, date]
-"""
+SPEC = spec_text("synthetic_test")
 DEFAULT_CARDINALITY = 300  # tag table and the cross-only `channel` column
 EXPECTED_KIND = {  # column -> (tf.train.Feature list field, values per row or None for sequences)
     "user_id": ("int64_list", 1), "city": ("bytes_list", 1), "watch_seq": ("int64_list", None),
@@ -269,13 +239,7 @@ def test_synthetic_large_spec(tmp_path):
 
 
 def test_a_spec_without_an_explicit_cardinality_uses_the_default(tmp_path):
-    spec = parse_spec("""
-name: tiny
-features:
-  - {name: u, kind: categorical, side: user, dtype: int64, vocabulary: {source: data}, embedding: {dim: 2}}
-  - {name: i, kind: categorical, side: item, dtype: string, vocabulary: {source: data}, embedding: {dim: 2}}
-labels: [{name: y, type: binary}]
-""", str(tmp_path / "tiny.yaml"))
+    spec = parse_spec(spec_text("synthetic_no_cardinality"), str(tmp_path / "tiny.yaml"))
     rows = _read(generate(spec, 2000, str(tmp_path / "out"), default_cardinality=7).files)
     assert set(_scalars(rows, "u")) == set(range(7))
     assert len(set(_scalars(rows, "i"))) == 7

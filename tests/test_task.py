@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import SMALL_MODEL_OVERRIDES
+from conftest import SMALL_MODEL_OVERRIDES, spec_text
 from trainer.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +24,14 @@ def test_validate_prints_the_summary_table(capsys):
 
 def test_validate_bad_spec_lists_every_error_and_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nfeatures:\n  - {name: a, kind: numeric, side: user}\n"
-                   "  - {name: b, kind: numeric, side: item, colour: red}\nlabels: [{name: y, type: maybe}]\n")
+    text = spec_text("validate_errors")
+    bad.write_text(text)
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}:4: features[1].colour: unknown key" in err
-    assert f"{bad}:5: labels[0].type: expected one of binary, regression, got 'maybe'" in err
+    line = {marker: next(n for n, row in enumerate(text.splitlines(), 1) if marker in row)
+            for marker in ("colour", "maybe")}
+    assert f"{bad}:{line['colour']}: features[1].colour: unknown key" in err
+    assert f"{bad}:{line['maybe']}: labels[0].type: expected one of binary, regression, got 'maybe'" in err
 
 
 @pytest.mark.slow

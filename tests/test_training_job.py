@@ -18,27 +18,13 @@ import time
 import numpy as np
 import pytest
 
+from conftest import spec_text
 from trainer.cli import main
 from trainer.spec import load_spec
 from trainer.data.datasets.synthetic import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC = """\
-name: tiny
-data: {format: tfrecord, compression: GZIP}
-group_key: [user_id]
-features:
-  - {name: user_id, kind: categorical, side: user, dtype: int64, cardinality: 300,
-     vocabulary: {source: hash, buckets: 300}, embedding: {table: user, dim: 8}}
-  - {name: user_age, kind: numeric, side: user, transform: [log1p, zscore], default: 0.0}
-  - {name: hour, kind: categorical, side: context, dtype: int64, cardinality: 24,
-     vocabulary: {source: data}, embedding: {dim: 4}}
-  - {name: video_id, kind: categorical, side: item, dtype: int64, cardinality: 500,
-     vocabulary: {source: hash, buckets: 500}, embedding: {table: video, dim: 8}}
-  - {name: duration, kind: numeric, side: item, transform: [log1p, zscore]}
-labels:
-  - {name: click, type: binary}
-"""
+SPEC = spec_text("training_job")
 ROWS, SHARDS = 2000, 4
 BATCH, EPOCHS, CHECKPOINT_EVERY = 64, 3, 5
 FULL_STEPS = -(-ROWS * EPOCHS // BATCH)  # 94: the last batch holds 48 rows (6000 = 93 * 64 + 48)
@@ -154,6 +140,7 @@ def final_variables(model_dir: str) -> dict[str, np.ndarray]:
             if name.split("/")[0] in ("model", "ftrl", "adagrad", "step")}
 
 
+@pytest.mark.slow
 def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_like_an_uninterrupted_one(
         job, tmp_path, capsys, monkeypatch):
     reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
@@ -215,6 +202,7 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_lik
     assert f"trained to step {FULL_STEPS + more} ({more} steps here, {ROWS} examples" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resuming_refuses_a_changed_spec_or_model_knob_but_accepts_a_longer_run(job, tmp_path, capsys,
                                                                                  monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -275,6 +263,7 @@ def start_workers(job, model_dirs: list[str], logs: str, *extra: str, validate: 
     return procs, log_paths
 
 
+@pytest.mark.slow
 def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, tmp_path, capsys, monkeypatch):
     model_dir, steps = str(tmp_path / "model"), 6
     procs, logs = start_workers(job, [model_dir, model_dir], str(tmp_path / "worker"),
@@ -298,7 +287,8 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, 
 
     # The multi-worker checkpoint (no input position in it) resumes on a single worker.
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert main(["train", *train_args(job, model_dir, "--set", f"training.max_steps={steps + 2}", validate=False)]) == 0
+    assert main(["train", *train_args(job, model_dir, "--set", f"training.max_steps={steps + 2}",
+                                      validate=False)]) == 0
     out = capsys.readouterr().out
     assert "holds no input position" in out and f"trained to step {steps + 2} (2 steps here" in out
     assert checkpoint_state(model_dir)[0] == steps + 2

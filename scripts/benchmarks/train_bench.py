@@ -128,9 +128,10 @@ class FitModel(JointModel):
     """The same model for a plain `model.fit`: one compiled optimizer minimises `loss/total`."""
 
     def train_step(self, data: dict) -> dict[str, tf.Tensor]:
+        step = self.optimizer.iterations  # the steps applied so far
         with tf.GradientTape() as tape:
-            loss = self.compute_losses(data, self.optimizer.iterations, training=True,
-                                       seed=tf.stack([tf.constant(0, tf.int64), self.optimizer.iterations]))["loss/total"]
+            loss = self.compute_losses(data, step, training=True,
+                                       seed=tf.stack([tf.constant(0, tf.int64), step]))["loss/total"]
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return {"loss": loss}
 
