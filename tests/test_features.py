@@ -8,7 +8,7 @@ import tensorflow as tf
 from conftest import spec_text
 from trainer.preprocessing.analyze import analyze
 from trainer.preprocessing.fitted import Preprocessing
-from trainer.errors import DataError
+from trainer.errors import ModelDirError
 from trainer.data.writers import Column, write_tfrecord
 from trainer.layers.encoder import FeatureEncoder
 from trainer.data.input_config import InputConfig
@@ -72,9 +72,9 @@ def test_preprocessing_round_trips_and_refuses_another_spec(data, tmp_path):
     loaded = Preprocessing.load(str(tmp_path))
     assert loaded.vocabularies == fitted.vocabularies and loaded.stats == fitted.stats
     other = parse_spec(SPEC.replace("table: user", "table: people"), spec.path)
-    with pytest.raises(DataError, match="people.*rerun `prerank analyze`"):
+    with pytest.raises(ModelDirError, match="people.*rerun `prerank analyze`"):
         loaded.check_matches(other, str(tmp_path))
-    with pytest.raises(DataError, match="run `prerank analyze` first"):
+    with pytest.raises(ModelDirError, match="run `prerank analyze` first"):
         Preprocessing.load(str(tmp_path / "nowhere"))
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from trainer.errors import DataError
+from trainer.errors import ModelDirError
 from trainer.evaluation.report import read_history, write_report
 
 PNGS = ["losses.png", "lambda.png", "auc.png", "consistency.png", "sparsity.png"]
@@ -80,23 +80,23 @@ def test_without_evaluation_json_consistency_is_skipped_with_a_note(tmp_path, ca
 
 def test_malformed_line_names_file_and_line(tmp_path):
     write_history(tmp_path, [{"step": 1, "loss/total": 1.0}, "", '{"step": 2, "loss/total": ', {"step": 3}])
-    with pytest.raises(DataError, match=r"history\.jsonl:3: not valid JSON"):
+    with pytest.raises(ModelDirError, match=r"history\.jsonl:3: not valid JSON"):
         write_report(str(tmp_path))
     write_history(tmp_path, [{"step": 1}, {"loss/total": 1.0}])
-    with pytest.raises(DataError, match=r"history\.jsonl:2: expected a JSON object with an integer 'step'"):
+    with pytest.raises(ModelDirError, match=r"history\.jsonl:2: expected a JSON object with an integer 'step'"):
         write_report(str(tmp_path))
 
 
-def test_missing_or_empty_history_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match=r"history\.jsonl: not found"):
+def test_missing_or_empty_history_is_a_model_directory_error(tmp_path):
+    with pytest.raises(ModelDirError, match=r"history\.jsonl: not found"):
         write_report(str(tmp_path))
     (tmp_path / "history.jsonl").write_text("\n\n")
-    with pytest.raises(DataError, match=r"history\.jsonl: empty"):
+    with pytest.raises(ModelDirError, match=r"history\.jsonl: empty"):
         write_report(str(tmp_path))
 
 
-def test_malformed_evaluation_json_is_a_data_error(tmp_path):
+def test_malformed_evaluation_json_is_a_model_directory_error(tmp_path):
     write_history(tmp_path, training_lines())
     (tmp_path / "evaluation.json").write_text('{"consistency": {"by_k": [{"pairwise_agreement": 0.7}]}}')
-    with pytest.raises(DataError, match=r"evaluation\.json: expected consistency\.by_k"):
+    with pytest.raises(ModelDirError, match=r"evaluation\.json: expected consistency\.by_k"):
         write_report(str(tmp_path))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from trainer.errors import DataError
+from trainer.errors import ModelDirError
 from trainer.files import atomic_write
 from trainer.training.layout import EVALUATION_FILE, HISTORY_FILE, REPORT_DIR
 LOG = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ Series = dict[str, tuple[list[float], list[float]]]  # label -> (x values, y val
 def read_history(path: str) -> dict[int, dict[str, float]]:
     """Step -> {key: value}; a repeated step (resumed job) keeps the last value of each key."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: not found; the training job writes it into the model directory")
+        raise ModelDirError(f"{path}: not found; the training job writes it into the model directory")
     history: dict[int, dict[str, float]] = {}
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
@@ -34,17 +34,17 @@ def read_history(path: str) -> dict[int, dict[str, float]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                raise ModelDirError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
             step = record.get("step") if isinstance(record, dict) else None
             if not isinstance(step, int) or isinstance(step, bool):
-                raise DataError(f"{path}:{line_no}: expected a JSON object with an integer 'step', "
+                raise ModelDirError(f"{path}:{line_no}: expected a JSON object with an integer 'step', "
                                 f"got {line.strip()[:80]}")
             values = history.setdefault(step, {})
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     values[key] = float(value)
     if not history:
-        raise DataError(f"{path}: empty, no history records")
+        raise ModelDirError(f"{path}: empty, no history records")
     return history
 
 
@@ -71,7 +71,7 @@ def _consistency_series(path: str) -> Series:
             by_k = json.load(fh).get("consistency", {}).get("by_k", [])
         rows = sorted(by_k, key=lambda row: row["sampled"])
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: expected consistency.by_k as a list of objects with 'sampled' ({exc})") from None
+        raise ModelDirError(f"{path}: expected consistency.by_k as a list of objects with 'sampled' ({exc})") from None
     names = sorted({k for row in rows for k in row if k == "pairwise_agreement" or k.startswith("recall@")},
                    key=lambda k: (k != "pairwise_agreement", k))
     out: Series = {}

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from trainer.errors import DataError
+from trainer.errors import ModelDirError
 from trainer.files import atomic_write
 from trainer.preprocessing.numeric import NORMALISERS
 from trainer.spec.types import Spec
@@ -57,7 +57,7 @@ class Preprocessing:
     def load(cls, directory: str) -> "Preprocessing":
         path = os.path.join(directory, FILE_NAME)
         if not os.path.isfile(path):
-            raise DataError(f"{path} not found: run `prerank analyze` first")
+            raise ModelDirError(f"{path} not found: run `prerank analyze` first")
         with open(path, encoding="utf-8") as fh:
             meta = json.load(fh)
         vocabularies, counts = {}, {}
@@ -77,7 +77,7 @@ class Preprocessing:
         missing = [t for t, table in spec.tables.items() if table.vocabulary.source == "data"
                    and t not in self.vocabularies] + [f for f in normalised_features(spec) if f not in self.stats]
         if missing:
-            raise DataError(f"{os.path.join(directory, FILE_NAME)} was fitted for spec '{self.spec_name}' and lacks "
+            raise ModelDirError(f"{os.path.join(directory, FILE_NAME)} was fitted for spec '{self.spec_name}' and lacks "
                             f"{', '.join(missing)} needed by {spec.path}: rerun `prerank analyze`")
 
 
