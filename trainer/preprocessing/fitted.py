@@ -77,8 +77,8 @@ class Preprocessing:
         missing = [t for t, table in spec.tables.items() if table.vocabulary.source == "data"
                    and t not in self.vocabularies] + [f for f in normalised_features(spec) if f not in self.stats]
         if missing:
-            raise ModelDirError(f"{os.path.join(directory, FILE_NAME)} was fitted for spec '{self.spec_name}' and lacks "
-                            f"{', '.join(missing)} needed by {spec.path}: rerun `prerank analyze`")
+            raise ModelDirError(f"{os.path.join(directory, FILE_NAME)} was fitted for spec '{self.spec_name}' and "
+                                f"lacks {', '.join(missing)} needed by {spec.path}: rerun `prerank analyze`")
 
 
 def normalised_features(spec: Spec) -> list[str]:
