@@ -107,7 +107,7 @@ class ItemVectorStore:
             version = max(dirs)
         elif version not in dirs:
             raise ExportError(f"{store_dir}: model version {version} is not in this item vector store"
-                            f"{_partial_note(store_dir, version)}; available versions: {sorted(dirs)}")
+                              f"{_partial_note(store_dir, version)}; available versions: {sorted(dirs)}")
         return cls._load(dirs[version])
 
     @classmethod
@@ -154,7 +154,7 @@ def _check_loaded(path: Path, manifest: dict[str, Any], ids: np.ndarray, vectors
     id_kind = "i" if manifest["id_dtype"] == "int64" else "U"
     if ids.shape != (count,) or ids.dtype.kind != id_kind:
         raise ExportError(f"{path / IDS_FILE}: expected {count} ids of {manifest['id_dtype']}, "
-                        f"got shape {ids.shape} dtype {ids.dtype}")
+                          f"got shape {ids.shape} dtype {ids.dtype}")
     if vectors.shape != (count, dim) or vectors.dtype != np.float32:
         raise ExportError(f"{path / VECTORS_FILE}: expected float32 {(count, dim)}, "
-                        f"got {vectors.dtype} {vectors.shape}")
+                          f"got {vectors.dtype} {vectors.shape}")

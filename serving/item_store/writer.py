@@ -57,7 +57,7 @@ def _scan_parts(partial_dir: Path) -> list[_Part]:
     for expected_index, part in enumerate(parts):
         if part.index != expected_index or part.start != offset or part.stop <= part.start:
             raise ExportError(f"{partial_dir}: part files are not contiguous at {part.path.name} (expected part "
-                            f"{expected_index} starting at item {offset}); delete {partial_dir} to start over")
+                              f"{expected_index} starting at item {offset}); delete {partial_dir} to start over")
         offset = part.stop
     return parts
 
@@ -145,8 +145,8 @@ class StoreWriter:
     def _refuse_complete(self) -> None:
         if self.final_dir.exists():
             raise ExportError(f"model version {self.model_version} is already complete in {self.final_dir}; a "
-                            f"complete version is never overwritten: write to a new model version, or delete "
-                            f"{self.final_dir} first")
+                              f"complete version is never overwritten: write to a new model version, or delete "
+                              f"{self.final_dir} first")
 
     def _open_partial(self) -> None:
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -173,15 +173,15 @@ class StoreWriter:
                  for key, value in self.settings.items() if recorded.get(key) != value]
         if diffs:
             raise ExportError(f"{path}: an interrupted write of model version {self.model_version} was started "
-                            f"with other settings ({'; '.join(diffs)}). Resume it with the original settings, "
-                            f"write to a new model version, or delete {self.partial_dir} to start over")
+                              f"with other settings ({'; '.join(diffs)}). Resume it with the original settings, "
+                              f"write to a new model version, or delete {self.partial_dir} to start over")
 
     def _resume_part(self, part: _Part) -> None:
         where = f"{part.path}"
         ids = as_ids(_load_part(part, "ids"), self.id_dtype, where)
         if len(ids) != part.stop - part.start:
             raise ExportError(f"{where}: holds {len(ids)} ids for items [{part.start}, {part.stop}); "
-                            f"delete {self.partial_dir} to start over")
+                              f"delete {self.partial_dir} to start over")
         self._check_new_ids(ids, where)
         self._parts.append(part)
         self._seen.update(ids.tolist())
@@ -193,10 +193,10 @@ class StoreWriter:
             raise ExportError(f"model version {self.model_version} is already finished in {self.final_dir}")
         if self._finalized_count is not None:
             raise ExportError(f"{self.partial_dir} already holds the final files of {self._finalized_count} items "
-                            f"(an earlier finish() was interrupted); call finish() without writing more")
+                              f"(an earlier finish() was interrupted); call finish() without writing more")
         if offset is not None and offset != self.next_offset:
             raise ExportError(f"chunk starts at item {offset} but the write continues at item {self.next_offset} "
-                            f"(writer.next_offset)")
+                              f"(writer.next_offset)")
 
     def _check_new_ids(self, ids: np.ndarray, where: str) -> None:
         duplicate = first_duplicate(ids)
@@ -249,7 +249,7 @@ class StoreWriter:
     def _write_final_files(self) -> None:
         if not self._parts:
             raise ExportError(f"no items were written for model version {self.model_version}; nothing to finish "
-                            f"({self.partial_dir})")
+                              f"({self.partial_dir})")
         ids = np.concatenate([_load_part(p, "ids") for p in self._parts])
         atomic_write(str(self.partial_dir / IDS_FILE), lambda fh: np.save(fh, ids, allow_pickle=False))
         self._write_vectors(len(ids))

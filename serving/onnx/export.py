@@ -183,7 +183,7 @@ def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | None = Non
     out_dir = os.path.normpath(out_dir)
     if os.path.exists(out_dir):
         raise ExportError(f"{out_dir} already exists: an ONNX export never overwrites; remove it or choose "
-                        "another directory")
+                          "another directory")
     data = resolve_data(data, spec, "eval", purpose="rows for the ONNX parity check")
     model = load_trained(spec, model_dir, data)
     if not model.has_student:
@@ -210,7 +210,7 @@ def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | None = Non
         bad = parity_failures(parity, tolerance)
         if bad:
             raise ExportError(f"ONNX differs from TensorFlow by more than {tolerance} on {parity['rows']} rows of "
-                            f"{data}: " + ", ".join(f"{g} {d:.3g}" for g, d in bad.items()))
+                              f"{data}: " + ", ".join(f"{g} {d:.3g}" for g, d in bad.items()))
         publish_directory(temp, out_dir)  # one step: readers see the whole export or none
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

@@ -66,7 +66,7 @@ def onnx_inputs(model: JointModel, side: str) -> list[OnnxInput]:
     if augment is not None and not any(i.augments for i in inputs):
         if augment.kind != "categorical":
             raise ExportError(f"{model.spec.path}: the dual augmented {side} feature '{augment.name}' must be "
-                            f"categorical (one id a row), not {augment.kind}")
+                              f"categorical (one id a row), not {augment.kind}")
         inputs.append(OnnxInput(f"augment_{side}", augment, side, "augment", True))
     return inputs
 
@@ -78,7 +78,7 @@ def all_inputs(model: JointModel) -> list[OnnxInput]:
     for i in inputs:
         if i.name in seen:
             raise ExportError(f"{model.spec.path}: features '{seen[i.name]}' and '{i.feature.name}' both become "
-                            f"ONNX input '{i.name}'; rename one")
+                              f"ONNX input '{i.name}'; rename one")
         seen[i.name] = i.feature.name
     return inputs
 

@@ -70,7 +70,7 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
     final = os.path.join(base_dir, str(version))
     if version <= 0:
         raise ConfigError.single("--version", "", f"expected a positive integer (TF Serving's versions), "
-                                                  f"got {version}")
+                                 f"got {version}")
     if os.path.exists(final):
         raise ExportError(f"{final} already exists: a version is never overwritten; choose another --version "
                           f"(existing: {existing})")

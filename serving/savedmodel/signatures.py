@@ -43,8 +43,8 @@ def tower_columns(spec: Spec) -> tuple[list[RawColumn], list[RawColumn]]:
     shared = sorted({c.name for c in user} & {c.name for c in item})
     if shared:
         raise ExportError(f"{spec.path}: column(s) {', '.join(shared)} are read by user/context and by item "
-                        "features; the prerank signature takes user columns once and item columns per "
-                        "candidate, so each column must feed one tower only")
+                          "features; the prerank signature takes user columns once and item columns per "
+                          "candidate, so each column must feed one tower only")
     return user, item
 
 

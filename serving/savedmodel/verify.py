@@ -102,7 +102,7 @@ def verify_export(path: str, data: str | None = None, batches: int = 4, batch_si
     spec = load_spec(manifest["spec"])
     if spec.fingerprint != manifest["spec_fingerprint"]:
         raise ExportError(f"{manifest['spec']} changed since the export (fingerprint {spec.fingerprint}, "
-                        f"export {manifest['spec_fingerprint']})")
+                          f"export {manifest['spec_fingerprint']})")
     data = data or spec.data.eval or manifest["warmup_data"]  # the export's own warmup rows exist in any case
     model = load_trained(spec, manifest["model_dir"], data, checkpoint=manifest["checkpoint"])
     if manifest["pruned"]:

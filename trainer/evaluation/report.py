@@ -38,7 +38,7 @@ def read_history(path: str) -> dict[int, dict[str, float]]:
             step = record.get("step") if isinstance(record, dict) else None
             if not isinstance(step, int) or isinstance(step, bool):
                 raise ModelDirError(f"{path}:{line_no}: expected a JSON object with an integer 'step', "
-                                f"got {line.strip()[:80]}")
+                                    f"got {line.strip()[:80]}")
             values = history.setdefault(step, {})
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

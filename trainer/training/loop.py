@@ -277,7 +277,8 @@ class Loop:
         different checkpoints (e.g. MODEL_DIR is not one shared folder), instead of hanging or diverging."""
         if len(set(self._gather(int(latest.rsplit("-", 1)[1]) if latest else -1))) > 1:
             raise ModelDirError(f"the workers would resume from different checkpoints (this one: "
-                            f"{latest or 'none'}); give every worker the same --model-dir, on a filesystem they share")
+                                f"{latest or 'none'}); give every worker the same --model-dir, on a filesystem "
+                                "they share")
 
     def run(self) -> LoopResult:
         t = self.training
