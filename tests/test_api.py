@@ -48,6 +48,8 @@ def test_a_config_built_in_python_gets_the_checks_of_a_yaml_one(spec, tmp_path):
         "Config (built in Python): model.student.item_tower: the towers' last sizes must match (the vectors are "
         "compared): user tower ends with 16, item tower with 8",
         "Config (built in Python): training.batch_size: expected a positive integer, got 0"]
+    with pytest.raises(ConfigError, match="expected a trainer.Config, got dict"):
+        validate_config({"training": {"batch_size": 8}}, spec)
     typo = Config(model=trainer.ModelConfig(student=StudentConfig(similarity=trainer.Component("dott"))))
     with pytest.raises(ConfigError, match=r"model.student.similarity: expected one of dot, cosine, multi_head"):
         trainer.train(spec, typo, str(tmp_path / "model"), data="unused")

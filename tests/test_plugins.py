@@ -11,11 +11,12 @@ import pytest
 import tensorflow as tf
 
 from serving.savedmodel.signatures import input_columns, serving_inputs
-from trainer.config import Component, load_config
+from trainer.config import Component, StudentConfig, load_config
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.errors import ConfigError
-from trainer.registry import TOWERS, RegistryError
+from trainer.models.joint import build_similarity
+from trainer.registry import SIMILARITIES, TOWERS, RegistryError
 from trainer.spec import load_spec
 
 pytestmark = pytest.mark.slow  # trains and exports in fresh processes
@@ -117,6 +118,18 @@ def test_a_missing_plugin_or_an_unregistered_name_is_a_located_config_error(tmp_
     assert lines[0] == f"{config}:1: plugins[0]: cannot import plugin 'no_such_team_module': ModuleNotFoundError: " \
                        "No module named 'no_such_team_module'"
     assert lines[1].startswith(f"{config}:3: model.student.towers[0]: expected one of mlp, dcn, fm")
+
+
+def test_a_similarity_that_breaks_the_protocol_is_refused_naming_the_knob():
+    @SIMILARITIES.register("team_not_a_similarity")
+    class NotASimilarity(tf.keras.layers.Layer):  # no user_vector / item_vector / bias: serving could not use it
+        def __init__(self, dim, **kwargs):
+            super().__init__(**kwargs)
+
+    with pytest.raises(ConfigError, match=r"model.student.similarity: 'team_not_a_similarity' built a NotASimilarity; "
+                                          r"a similarity must subclass trainer.layers.similarity.Similarity"):
+        build_similarity(StudentConfig(user_tower=[8], item_tower=[8],
+                                       similarity=Component("team_not_a_similarity")))
 
 
 def test_a_builtin_name_cannot_be_taken_and_a_name_is_registered_once():

@@ -17,6 +17,7 @@ import tensorflow as tf
 from trainer.config.derived import fused_weights, student_task
 from trainer.config.knobs import Config, StudentConfig
 from trainer.data.catalog import ItemCatalog
+from trainer.errors import ConfigError
 from trainer.layers.embedding import EmbeddingTable
 from trainer.layers.encoder import FeatureEncoder
 from trainer.layers.mmoe import MMoE, fused_score
@@ -60,8 +61,9 @@ def build_similarity(s: StudentConfig) -> Similarity:
     layer = SIMILARITIES.factory(s.similarity.name)(dim=s.user_tower[-1], name="similarity",
                                                     **knobs.get(s.similarity.name, {}), **s.similarity.params)
     if not isinstance(layer, Similarity):
-        raise TypeError(f"similarity '{s.similarity.name}' built a {type(layer).__name__}; a similarity must "
-                        "subclass trainer.layers.similarity.Similarity (the logit is user_vector . item_vector + bias)")
+        raise ConfigError.single("config", "model.student.similarity", f"'{s.similarity.name}' built a "
+                                 f"{type(layer).__name__}; a similarity must subclass "
+                                 "trainer.layers.similarity.Similarity (the logit is user_vector . item_vector + bias)")
     return layer
 
 
