@@ -27,7 +27,7 @@ from trainer.files import write_json_atomic
 from trainer.models.joint import JointModel
 from trainer.preprocessing.analyze import analyze
 from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
-from trainer.spec.loader import load_spec
+from trainer.spec.loader import as_spec
 from trainer.spec.types import Spec
 from trainer.training.distribution import is_chief, strategy_from_env
 from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
@@ -51,10 +51,6 @@ class TrainResult:
     last_losses: dict[str, float]
     validation: dict | None  # the evaluation on the validation data (None: no validation data, or not the chief)
     summary: dict
-
-
-def _spec(spec: Spec | str) -> Spec:
-    return load_spec(spec) if isinstance(spec, str) else spec
 
 
 def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refit: bool = False, save: bool = True,
@@ -96,7 +92,7 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
       refit: fit the preprocessing again even if the model directory holds one (a new directory only).
       log: where progress lines go.
     """
-    spec = _spec(spec)
+    spec = as_spec(spec)
     strategy = strategy or strategy_from_env()
     config = validate_config(config, spec) if config is not None else load_config(spec)
     t, m = config.training, config.model
@@ -168,7 +164,7 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
       seed: seed of the sampled items.
       log: where progress lines go.
     """
-    spec = _spec(spec)
+    spec = as_spec(spec)
     data = resolve_data(data, spec, "eval", purpose="evaluation data")
     catalog = None
     if any(sampled):

@@ -26,7 +26,7 @@ from trainer.data.pipeline import make_pipeline
 from trainer.data.splits import resolve_data
 from trainer.errors import ConfigError, ExportError
 from trainer.files import atomic_write, publish_directory, remove_stale_temporaries, temporary_for
-from trainer.spec.loader import load_spec
+from trainer.spec.loader import as_spec
 from trainer.spec.types import Spec
 from trainer.training.trained import load_trained
 
@@ -62,7 +62,7 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
       measure_unpruned: also write the unpruned SavedModel once, to report the bytes pruning saves.
       log: where progress lines go.
     """
-    spec = load_spec(spec) if isinstance(spec, str) else spec
+    spec = as_spec(spec)
     os.makedirs(base_dir, exist_ok=True)
     remove_stale_temporaries(base_dir)
     existing = versions(base_dir)

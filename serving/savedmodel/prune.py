@@ -137,7 +137,8 @@ def _teacher_updated_rows(model: JointModel, slots: dict[str, TableSlot], values
         return {}
     tables = [slots[label].layer.embeddings for label in labels]
     ftrl_config = recorded_config(teacher).model.ftrl
-    ftrl = _restore_ftrl_slots(teacher_objects(model), tables, ftrl_config, latest)  # also restores the values
+    # the tables' values come back from the teacher's checkpoint too; the student's are put back below
+    ftrl = _restore_ftrl_slots(teacher_objects(model, tables_only=True), tables, ftrl_config, latest)
     out = {}
     for label, table in zip(labels, tables):
         if np.array_equal(table.numpy(), values[label]):

@@ -80,6 +80,11 @@ def load_spec(path: str) -> Spec:
     return parse_spec(text, path)
 
 
+def as_spec(spec: Spec | str) -> Spec:
+    """`spec` itself, or the spec loaded from the file it names (the API takes either)."""
+    return load_spec(spec) if isinstance(spec, str) else spec
+
+
 def parse_spec(text: str, path: str) -> Spec:
     """Validate spec `text` read from `path` (used for messages and relative paths)."""
     doc = load_located_yaml(text, path)

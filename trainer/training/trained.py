@@ -53,7 +53,10 @@ def restore_teacher(model: JointModel, teacher_dir: str) -> None:
     tf.train.Checkpoint(**teacher_objects(model)).restore(latest).expect_partial().assert_existing_objects_matched()
 
 
-def teacher_objects(model: JointModel) -> dict:
+def teacher_objects(model: JointModel, tables_only: bool = False) -> dict:
     """A student-mode model's frozen teacher laid out as in the teacher's own checkpoints (its `teacher_encoder`
-    stands where the teacher's `encoder` was), for `tf.train.Checkpoint(**teacher_objects(model))`."""
-    return {"model": tf.train.Checkpoint(encoder=model.teacher_encoder, teacher=model.teacher)}
+    stands where the teacher's `encoder` was), for `tf.train.Checkpoint(**teacher_objects(model))`; with
+    `tables_only`, its encoder alone (the MMoE left as it is)."""
+    parts = {"encoder": model.teacher_encoder} if tables_only else \
+        {"encoder": model.teacher_encoder, "teacher": model.teacher}
+    return {"model": tf.train.Checkpoint(**parts)}
