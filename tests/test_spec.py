@@ -172,7 +172,7 @@ def test_missing_spec_file(tmp_path):
     path = str(tmp_path / "nope.yaml")
     with pytest.raises(SpecError) as exc_info:
         load_spec(path)
-    assert str(exc_info.value).startswith(f"{path}: <file>: cannot read spec file")
+    assert str(exc_info.value).startswith(f"{path}: <file>: cannot read the spec file: No such file")
 
 
 # ---------------------------------------------------------------- schema problems

@@ -23,7 +23,7 @@ from trainer.config.knobs import Component, Config
 from trainer.config.plugins import load_plugins
 from trainer.errors import ConfigError, SpecIssue
 from trainer.registry import Registry
-from trainer.spec.located_yaml import Path, format_path, load_located_yaml
+from trainer.spec.located_yaml import Path, format_path, load_located_yaml, read_yaml_file
 from trainer.spec.types import CONFIG_SECTIONS, Spec
 
 Issue = Callable[[Path, str], None]  # issue(field path, message)
@@ -34,11 +34,7 @@ def load_config(spec: Spec, config_path: str | None = None, overrides: list[str]
     """Read the config sections of the spec file (or of `config_path`), apply `--set` overrides, import the
     plugins and check everything, also against `spec`; ConfigError lists every problem."""
     path = config_path or spec.path
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError.single(path, "<file>", f"cannot read the config file: {exc.strerror}") from None
+    text = read_yaml_file(path, ConfigError, "config file" if config_path else "spec file")
     doc = load_located_yaml(text, path, error=ConfigError)
     issues: list[SpecIssue] = []
     raw = doc.data if isinstance(doc.data, dict) else {}

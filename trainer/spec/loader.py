@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from trainer.errors import SpecError, SpecIssue
-from trainer.spec.located_yaml import Path, load_located_yaml
+from trainer.spec.located_yaml import Path, load_located_yaml, read_yaml_file
 from trainer.spec.schema import Field, Reader
 from trainer.spec.types import (COMPRESSIONS, CONFIG_SECTIONS, FORMATS, ID_DTYPES, INITIALIZERS, KINDS,
                                 LABEL_TRANSFORMS, LABEL_TYPES, POOLINGS, SIDES, STUDENT_SIDES, TRANSFORM_OPS,
@@ -72,12 +72,7 @@ _LABEL = (
 
 def load_spec(path: str) -> Spec:
     """Read and validate a spec file; raise SpecError listing every problem."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SpecError([_issue(path, f"cannot read spec file: {exc.strerror}")]) from None
-    return parse_spec(text, path)
+    return parse_spec(read_yaml_file(path, SpecError, "spec file"), path)
 
 
 def as_spec(spec: Spec | str) -> Spec:
