@@ -84,7 +84,7 @@ def test_multi_head_needs_heads_that_divide_the_vector_size(tmp_path):
     assert lines == [f"{path}:{LINE['similarity'] + 1}: model.student.heads: the vector size 16 must divide into "
                      "3 heads"]
     path, lines = errors(SPEC.replace("similarity: dot", "similarity: multi_head\n    heads: 0"), tmp_path)
-    assert lines == [f"{path}:{LINE['similarity'] + 1}: model.student.heads: expected a positive integer, got 0"]
+    assert lines == [f"{path}:{LINE['similarity'] + 1}: model.student.heads: expected an integer in [1, 16384], got 0"]
     load_config(load_spec(write(tmp_path, SPEC.replace("similarity: dot", "similarity: multi_head\n    heads: 8"))))
 
 
@@ -92,18 +92,21 @@ def test_sizes_and_temperatures_must_be_positive(tmp_path):
     path, lines = errors(SPEC.replace("user_tower: [32, 16]", "user_tower: [0, 16]")
                          .replace("experts: 2", "experts: 0"), tmp_path,
                          ["model.student.similarity=cosine", "model.student.temperature=0"])
-    assert lines == [f"{path}:{LINE['user_tower']}: model.student.user_tower[0]: expected a layer size >= 1, got 0",
-                     f"{path}:{LINE['experts']}: model.teacher.experts: expected a positive integer, got 0",
-                     "command line --set: model.student.temperature: expected a number > 0, got 0.0"]
+    assert lines == [f"{path}:{LINE['user_tower']}: model.student.user_tower[0]: expected an integer in [1, 16384], "
+                     "got 0",
+                     "command line --set: model.student.temperature: expected a number > 0, got 0.0",
+                     f"{path}:{LINE['experts']}: model.teacher.experts: expected an integer in [1, 256], got 0"]
 
 
 def test_teacher_dropout_and_target_attention_are_checked(tmp_path):
     path, lines = errors(SPEC.replace("experts: 2", "experts: 2\n    dropout: 1.0\n    target_attention: true"),
                          tmp_path, ["model.teacher.attention_hidden=0"])
-    # this spec has no user history on an item feature's table: nothing to attend
-    assert lines == ["command line --set: model.teacher.attention_hidden: expected a positive integer, got 0",
-                     f"{path}:{LINE['experts'] + 1}: model.teacher.dropout: expected a rate in [0, 1), got 1.0",
-                     f"{path}:{LINE['experts'] + 2}: model.teacher.target_attention: no user-side sequence feature "
+    assert lines == [f"{path}:{LINE['experts'] + 1}: model.teacher.dropout: expected a number in [0, 0.99], got 1.0",
+                     "command line --set: model.teacher.attention_hidden: expected an integer in [1, 16384], got 0"]
+    # checks across knobs and the spec run once every knob is within its bounds:
+    # this spec has no user history on an item feature's table, so there is nothing to attend
+    path, lines = errors(SPEC.replace("experts: 2", "experts: 2\n    target_attention: true"), tmp_path)
+    assert lines == [f"{path}:{LINE['experts'] + 1}: model.teacher.target_attention: no user-side sequence feature "
                      "reads the embedding table of an item-side categorical feature, so there is nothing to attend"]
 
 
@@ -177,7 +180,7 @@ def test_a_separate_config_file_replaces_the_spec_sections(tmp_path):
     _, lines = errors(SPEC, tmp_path, config_text=config_text.replace("64", "-64") + "trainig: {seed: 1}\n")
     config_path = str(tmp_path / "config.yaml")
     assert lines == [f"{config_path}:6: trainig: unknown key; expected one of: model, training, plugins",
-                     f"{config_path}:3: training.batch_size: expected a value >= 0, got -64"]
+                     f"{config_path}:3: training.batch_size: expected an integer in [1, 16777216], got -64"]
     _, lines = errors(SPEC, tmp_path, config_text="- training\n")
     assert lines == [f"{config_path}:1: <document>: expected a mapping with model: / training: / plugins:"]
     with pytest.raises(ConfigError) as info:

@@ -11,24 +11,6 @@ from trainer.spec.types import Spec
 def check_against_spec(config: Config, spec: Spec, issue: Callable[[Path, str], None]) -> None:
     """Checks that need the spec or several knobs at once."""
     s, t, m = config.model.student, config.training, config.model
-    for p, sizes in ((("model", "student", "user_tower"), s.user_tower),
-                     (("model", "student", "item_tower"), s.item_tower),
-                     (("model", "teacher", "expert_layers"), m.teacher.expert_layers),
-                     (("model", "teacher", "task_tower"), m.teacher.task_tower)):
-        for i, size in enumerate(sizes):
-            if size < 1:
-                issue(p + (i,), f"expected a layer size >= 1, got {size}")
-    for p, value in ((("model", "student", "heads"), s.heads), (("model", "teacher", "experts"), m.teacher.experts),
-                     (("model", "student", "fm_dim"), s.fm_dim), (("training", "epochs"), t.epochs),
-                     (("model", "teacher", "attention_hidden"), m.teacher.attention_hidden)):
-        if value < 1:
-            issue(p, f"expected a positive integer, got {value}")
-    for p, value in ((("model", "student", "temperature"), s.temperature),
-                     (("model", "distill", "temperature"), m.distill.temperature)):
-        if value <= 0:
-            issue(p, f"expected a number > 0, got {value}")
-    if not 0 <= m.teacher.dropout < 1:
-        issue(("model", "teacher", "dropout"), f"expected a rate in [0, 1), got {m.teacher.dropout}")
     if m.teacher.target_attention and not attention_pairs(spec):
         issue(("model", "teacher", "target_attention"), "no user-side sequence feature reads the embedding table of "
               "an item-side categorical feature, so there is nothing to attend")
@@ -38,7 +20,7 @@ def check_against_spec(config: Config, spec: Spec, issue: Callable[[Path, str], 
         issue(("model", "student", "item_tower"),
               f"the towers' last sizes must match (the vectors are compared): user tower ends with "
               f"{s.user_tower[-1]}, item tower with {s.item_tower[-1]}")
-    elif s.similarity.name == "multi_head" and s.heads >= 1 and s.user_tower[-1] % s.heads:
+    elif s.similarity.name == "multi_head" and s.user_tower[-1] % s.heads:
         issue(("model", "student", "heads"), f"the vector size {s.user_tower[-1]} must divide into {s.heads} heads")
     if not s.towers:
         issue(("model", "student", "towers"), f"expected at least one of {', '.join(TOWERS.names())}")
@@ -59,16 +41,10 @@ def check_against_spec(config: Config, spec: Spec, issue: Callable[[Path, str], 
         if f is None or f.side != side or f.kind != "categorical":
             issue(("model", "student", "dual_augmented", f"{side}_feature"),
                   f"expected a categorical {side} feature of the spec, got {name!r}")
-    for key, value in (("batch_size", t.batch_size), ("log_every", t.log_every),
-                       ("checkpoint_every", t.checkpoint_every), ("keep_checkpoints", t.keep_checkpoints)):
-        if value < 1:
-            issue(("training", key), f"expected a positive integer, got {value}")
     if m.mode == "student" and not t.teacher_dir:
         issue(("training", "teacher_dir"), "model.mode student needs the trained teacher's model directory")
     if m.distill.cascade.enabled and m.mode == "teacher":
         issue(("model", "distill", "cascade", "enabled"), "cascade mode needs a student (model.mode joint or student)")
-    if m.distill.cascade.top_n < 1:
-        issue(("model", "distill", "cascade", "top_n"), "expected a positive integer")
     if (_needs_groups(m.distill.loss) or m.distill.cascade.enabled) and not spec.group_key:
         issue(("model", "distill"), f"distillation loss '{m.distill.loss}' and cascade mode need the spec's group_key"
               if _needs_groups(m.distill.loss) else "cascade mode needs the spec's group_key")

@@ -13,7 +13,12 @@ from typing import Any
 from trainer.registry import DISTILLATION_LOSSES, REGRESSION_LOSSES, SIMILARITIES, TOWERS, Registry
 
 
-def knob(default: Any, doc: str, choices: tuple | None = None, registry: Registry | None = None) -> Any:
+MAX_LAYER_SIZE = 16_384  # units of one dense layer (a larger one is a typo: 1e9 units would not fit in memory)
+MAX_STEPS = 10**12  # steps, step counts and batch sizes
+
+
+def knob(default: Any, doc: str, choices: tuple | None = None, registry: Registry | None = None,
+         minimum: float = 0, above: float | None = None, maximum: float | None = None) -> Any:
     """Declare a config field.
 
     Args:
@@ -21,8 +26,12 @@ def knob(default: Any, doc: str, choices: tuple | None = None, registry: Registr
       doc: what it does, in one line.
       choices: the values it may take (None: any value of its type).
       registry: for a `Component` knob, the registry whose names it may take.
+      minimum: a number's (or each list item's) smallest value, inclusive.
+      above: a number's bound from below, exclusive (learning rates, accumulators: > 0); replaces `minimum`.
+      maximum: a number's (or each list item's) largest value, inclusive (None: MAX_STEPS for an integer).
     """
-    meta = {"doc": doc, "choices": choices, "registry": registry}
+    meta = {"doc": doc, "choices": choices, "registry": registry, "minimum": minimum, "above": above,
+            "maximum": maximum}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -45,7 +54,7 @@ class Component:
 @dataclass(frozen=True)
 class SenetConfig:
     enabled: bool = knob(False, "re-weight each tower's feature fields with a squeeze-excitation block")
-    reduction: int = knob(4, "excitation bottleneck: fields / reduction hidden units")
+    reduction: int = knob(4, "excitation bottleneck: fields / reduction hidden units", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -62,27 +71,31 @@ class DualAugmentedConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    user_tower: list[int] = knob([512, 128, 64, 32], "user tower layer sizes; the last is the vector size")
-    item_tower: list[int] = knob([512, 128, 64, 32], "item tower layer sizes; the last must equal the user's")
+    user_tower: list[int] = knob([512, 128, 64, 32], "user tower layer sizes; the last is the vector size",
+                                 minimum=1, maximum=MAX_LAYER_SIZE)
+    item_tower: list[int] = knob([512, 128, 64, 32], "item tower layer sizes; the last must equal the user's",
+                                 minimum=1, maximum=MAX_LAYER_SIZE)
     towers: list[Component] = knob([Component("mlp")], "parallel towers per side, fused with learned weights "
                                    "(built-in: mlp, dcn, fm; or a registered tower)", registry=TOWERS)
-    dcn_layers: int = knob(2, "cross layers of the dcn tower")
-    fm_dim: int = knob(16, "factor size of the fm tower")
+    dcn_layers: int = knob(2, "cross layers of the dcn tower", minimum=1, maximum=64)
+    fm_dim: int = knob(16, "factor size of the fm tower", minimum=1, maximum=MAX_LAYER_SIZE)
     senet: SenetConfig = knob(SenetConfig(), "squeeze-excitation field re-weighting")
     similarity: Component = knob(Component("dot"), "how the two vectors make a score (built-in: dot, cosine, "
                                                    "multi_head; or a registered similarity)", registry=SIMILARITIES)
-    temperature: float = knob(0.1, "cosine: the score is cosine / temperature")
-    heads: int = knob(4, "multi_head: the vectors are split into this many sub-vectors")
+    temperature: float = knob(0.1, "cosine: the score is cosine / temperature", above=0)
+    heads: int = knob(4, "multi_head: the vectors are split into this many sub-vectors", minimum=1,
+                     maximum=MAX_LAYER_SIZE)
     dual_augmented: DualAugmentedConfig = knob(DualAugmentedConfig(), "dual augmented vectors")
     task: str | None = knob(None, "the label the student learns (default: the spec's first binary label)")
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    experts: int = knob(4, "MMoE experts")
-    expert_layers: list[int] = knob([256, 128], "layer sizes of each expert")
-    task_tower: list[int] = knob([64], "layer sizes of each task's tower above its gate")
-    dropout: float = knob(0.0, "dropout rate after each expert layer, in training")
+    experts: int = knob(4, "MMoE experts", minimum=1, maximum=256)
+    expert_layers: list[int] = knob([256, 128], "layer sizes of each expert", minimum=1, maximum=MAX_LAYER_SIZE)
+    task_tower: list[int] = knob([64], "layer sizes of each task's tower above its gate", minimum=1,
+                                 maximum=MAX_LAYER_SIZE)
+    dropout: float = knob(0.0, "dropout rate after each expert layer, in training (below 1)", maximum=0.99)
     regression_loss: Component = knob(Component("mse"), "regression tasks: mse on the (transformed) target, "
                                       "weighted_logistic (odds estimate the target), or a registered loss",
                                       registry=REGRESSION_LOSSES)
@@ -91,7 +104,8 @@ class TeacherConfig:
     fused_weights: dict[str, float] = knob({}, "task -> weight in the fused score (default: the student's task, 1)")
     target_attention: bool = knob(False, "also pool each user history sequence with weights from the candidate "
                                          "(DIN-style), for every item feature sharing its table")
-    attention_hidden: int = knob(32, "hidden units of the target attention's scoring MLP")
+    attention_hidden: int = knob(32, "hidden units of the target attention's scoring MLP", minimum=1,
+                                 maximum=MAX_LAYER_SIZE)
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class CascadeConfig:
     enabled: bool = knob(False, "the student learns the teacher's top-N of each group instead of the labels")
-    top_n: int = knob(1, "teacher's top-N candidates of a group become the student's positives")
+    top_n: int = knob(1, "teacher's top-N candidates of a group become the student's positives", minimum=1)
     unexposed: int = knob(0, "items sampled per group from the item table (never shown; teacher labels only)")
 
 
@@ -114,7 +128,7 @@ class DistillConfig:
     loss: Component = knob(Component("cross_entropy"), "mse (logits), cross_entropy (teacher probability at a "
                            "temperature), pairwise (teacher's order within a group), or a registered loss",
                            registry=DISTILLATION_LOSSES)
-    temperature: float = knob(1.0, "cross_entropy: both logits are divided by this")
+    temperature: float = knob(1.0, "cross_entropy: both logits are divided by this", above=0)
     schedule: ScheduleConfig = knob(ScheduleConfig(), "lambda(step), the distillation weight")
     drop_label_loss_after: int | None = knob(None, "from this step on the student learns from the teacher only")
     cascade: CascadeConfig = knob(CascadeConfig(), "cascade mode")
@@ -122,16 +136,18 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class FtrlConfig:
-    learning_rate: float = knob(0.05, "FTRL learning rate (embedding tables)")
+    learning_rate: float = knob(0.05, "FTRL learning rate (embedding tables)", above=0)
     l1: float = knob(0.0, "L1 strength: drives rows to exactly zero (pruned at export)")
     l2: float = knob(0.0, "L2 strength")
-    initial_accumulator: float = knob(0.001, "FTRL initial accumulator value (large values slow early learning)")
+    initial_accumulator: float = knob(0.001, "FTRL initial accumulator value (large values slow early learning)",
+                                       above=0)
 
 
 @dataclass(frozen=True)
 class AdagradConfig:
-    learning_rate: float = knob(0.05, "AdaGrad learning rate (every non-embedding variable)")
-    initial_accumulator: float = knob(0.001, "AdaGrad initial accumulator value (large values slow early learning)")
+    learning_rate: float = knob(0.05, "AdaGrad learning rate (every non-embedding variable)", above=0)
+    initial_accumulator: float = knob(0.001, "AdaGrad initial accumulator value (large values slow early "
+                                                     "learning)", above=0)
 
 
 @dataclass(frozen=True)
@@ -148,18 +164,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    batch_size: int = knob(1024, "examples per step (global, across workers)")
-    epochs: int = knob(1, "passes over the training data")
-    max_steps: int | None = knob(None, "stop after this many steps (default: when the epochs end)")
+    batch_size: int = knob(1024, "examples per step (global, across workers)", minimum=1, maximum=1 << 24)
+    epochs: int = knob(1, "passes over the training data", minimum=1)
+    max_steps: int | None = knob(None, "stop after this many steps (default: when the epochs end)", minimum=1)
     shuffle_buffer: int = knob(10_000, "examples in the shuffle buffer (0: read in file order)")
     seed: int = knob(0, "seed of initialisation and shuffling")
     deterministic: bool = knob(False, "read and shuffle the training data in a fixed, seeded order (every epoch "
                                       "alike), so a run, and a resumed run, can be reproduced exactly; slower")
-    log_every: int = knob(50, "steps between TensorBoard scalars / history lines")
-    checkpoint_every: int = knob(500, "steps between checkpoints")
-    keep_checkpoints: int = knob(3, "checkpoints kept")
+    log_every: int = knob(50, "steps between TensorBoard scalars / history lines", minimum=1)
+    checkpoint_every: int = knob(500, "steps between checkpoints", minimum=1)
+    keep_checkpoints: int = knob(3, "checkpoints kept", minimum=1)
     eval_every: int = knob(0, "steps between evaluations on the validation data (0: only at the end)")
-    eval_batches: int | None = knob(None, "batches read per evaluation (default: all)")
+    eval_batches: int | None = knob(None, "batches read per evaluation (default: all)", minimum=1)
     teacher_dir: str | None = knob(None, "mode student: model directory of the trained teacher")
     progress: bool = knob(True, "show a progress bar")
 

@@ -11,6 +11,7 @@ through the same checks (`validate_config`).
 """
 import dataclasses
 import inspect
+import math
 import os
 import typing
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 
 from trainer.config.checks import check_against_spec
-from trainer.config.knobs import Component, Config
+from trainer.config.knobs import MAX_STEPS, Component, Config
 from trainer.config.plugins import load_plugins
 from trainer.errors import ConfigError, SpecIssue
 from trainer.registry import Registry
@@ -179,10 +180,34 @@ def _value(hint: Any, value: Any, path: Path, meta: typing.Mapping, issue: Issue
     if choices is not None and value not in choices:
         issue(path, f"expected one of {', '.join(choices)}, got {value!r}")
         return _BAD
-    if hint in (int, float) and value < 0:
-        issue(path, f"expected a value >= 0, got {value!r}")
+    if hint in (int, float) and not _within(value, hint, meta):
+        issue(path, f"expected {_bounds(hint, meta, value)}, got {value!r}")
         return _BAD
     return value
+
+
+def _within(value: float, hint: type, meta: typing.Mapping) -> bool:
+    """Whether a number is within its knob's bounds (see `trainer.config.knobs.knob`)."""
+    above, maximum = meta.get("above"), _maximum(hint, meta)
+    low_ok = value > above if above is not None else value >= meta.get("minimum", 0)
+    return low_ok and (maximum is None or value <= maximum) and (hint is int or math.isfinite(value))
+
+
+def _maximum(hint: type, meta: typing.Mapping) -> float | None:
+    maximum = meta.get("maximum")
+    return MAX_STEPS if maximum is None and hint is int else maximum
+
+
+def _bounds(hint: type, meta: typing.Mapping, value: float) -> str:
+    """`a number > 0`, `an integer in [1, 16384]`, `an integer >= 1`."""
+    what = "an integer" if hint is int else "a number"
+    above, maximum = meta.get("above"), meta.get("maximum")
+    if maximum is None and hint is int and value > MAX_STEPS:
+        maximum = MAX_STEPS  # the implicit bound of every integer knob, named only when it is the one exceeded
+    if above is not None:
+        return f"{what} > {above}" + (f" and <= {maximum}" if maximum is not None else "")
+    minimum = meta.get("minimum", 0)
+    return f"{what} in [{minimum}, {maximum}]" if maximum is not None else f"{what} >= {minimum}"
 
 
 def _component(value: Any, path: Path, registry: Registry, issue: Issue) -> Any:
