@@ -5,12 +5,15 @@ from trainer.config.knobs import Component, Config
 from trainer.registry import DISTILLATION_LOSSES, TOWERS
 from trainer.spec.attention import attention_pairs
 from trainer.spec.located_yaml import Path
+from trainer.spec.table_size import oversized_tables
 from trainer.spec.types import Spec
 
 
 def check_against_spec(config: Config, spec: Spec, issue: Callable[[Path, str], None]) -> None:
     """Checks that need the spec or several knobs at once."""
     s, t, m = config.model.student, config.training, config.model
+    for message in oversized_tables(spec, t.max_table_gb):
+        issue(("training", "max_table_gb"), message)
     if m.teacher.target_attention and not attention_pairs(spec):
         issue(("model", "teacher", "target_attention"), "no user-side sequence feature reads the embedding table of "
               "an item-side categorical feature, so there is nothing to attend")

@@ -178,6 +178,8 @@ class TrainingConfig:
     eval_batches: int | None = knob(None, "batches read per evaluation (default: all)", minimum=1)
     teacher_dir: str | None = knob(None, "mode student: model directory of the trained teacher")
     progress: bool = knob(True, "show a progress bar")
+    max_table_gb: float = knob(8.0, "largest embedding table one machine trains, in GB with FTRL's two slots "
+                                    "(rows x dim x 4 bytes x 3); a larger one is refused", above=0)
 
 
 @dataclass(frozen=True)

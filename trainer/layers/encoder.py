@@ -18,6 +18,7 @@ from trainer.layers.pooling import pool
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.preprocessing.numeric import apply_steps_tf
 from trainer.spec.types import Feature, Spec
+from trainer.spec.vocabulary_file import read_vocabulary_file
 
 CROSS_SEPARATOR = "\x1f"  # joins the columns of a cross before hashing
 
@@ -78,7 +79,7 @@ class FeatureEncoder(tf.keras.layers.Layer):
                 rows = len(spec.feature(table.features[0]).transforms[-1].boundaries) + 1
             else:
                 vocabulary = preprocessing.vocabularies.get(name) if v.source == "data" else \
-                    _read_vocabulary_file(v.path, table.dtype) if v.source == "file" else None
+                    read_vocabulary_file(v.path, table.dtype) if v.source == "file" else None
                 self.lookups[name] = IdLookup(table.dtype, vocabulary, v.oov_buckets, v.buckets, name=f"lookup_{name}")
                 rows = self.lookups[name].rows
             self.tables[name] = EmbeddingTable(rows, table.dim, table.initializer, name=f"embedding_{name}")
@@ -139,8 +140,3 @@ def _as_ragged(ids: tf.Tensor, dtype: str) -> tf.RaggedTensor:
         return ids
     return tf.RaggedTensor.from_tensor(ids, padding=PAD_STRING if dtype == "string" else PAD_ID)
 
-
-def _read_vocabulary_file(path: str, dtype: str) -> list:
-    with open(path, encoding="utf-8") as fh:
-        ids = [line.rstrip("\n").split("\t")[0] for line in fh if line.strip()]
-    return ids if dtype == "string" else [int(i) for i in ids]

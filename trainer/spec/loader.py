@@ -5,15 +5,19 @@ Every problem is reported at once, each with the file, line and field path
 """
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
-from trainer.errors import SpecError, SpecIssue
-from trainer.spec.located_yaml import Path, load_located_yaml, read_yaml_file
+from trainer.errors import SpecError
+from trainer.spec.located_yaml import Path, format_path, load_located_yaml, read_yaml_file
 from trainer.spec.schema import Field, Reader
 from trainer.spec.types import (COMPRESSIONS, CONFIG_SECTIONS, FORMATS, ID_DTYPES, INITIALIZERS, KINDS,
-                                LABEL_TRANSFORMS, LABEL_TYPES, POOLINGS, SIDES, STUDENT_SIDES, TRANSFORM_OPS,
-                                VOCAB_SOURCES, DataSource, Embedding, Feature, Label, Spec, TransformStep, Vocabulary)
+                                LABEL_TRANSFORMS, LABEL_TYPES, MAX_BOUNDARIES, MAX_EMBEDDING_DIM, MAX_OOV_BUCKETS,
+                                MAX_SEQUENCE_LENGTH, MAX_TABLE_ROWS, MAX_VECTOR_DIM, POOLINGS, SIDES, STUDENT_SIDES,
+                                TRANSFORM_OPS, VOCAB_SOURCES, DataSource, Embedding, Feature, Label, Spec,
+                                TransformStep, Vocabulary)
+from trainer.spec.vocabulary_file import read_vocabulary_file
 
 _TOP = (
     Field("name", (str,), required=True, doc="spec name"),
@@ -115,10 +119,6 @@ def _fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _issue(path: str, message: str) -> SpecIssue:
-    return SpecIssue(path, None, "<file>", message)
-
-
 def _read_data(r: Reader, raw: Any, base: str) -> DataSource:
     if raw is None:
         return DataSource()
@@ -156,7 +156,7 @@ def _read_feature(r: Reader, raw: Any, path: Path, base: str) -> Feature | None:
         need("embedding", "{table, dim, initializer}")
         forbid("transform", "dim")
         dtype = d["dtype"] or "int64"
-        vocabulary = _read_vocabulary(r, d["vocabulary"], path + ("vocabulary",), base)
+        vocabulary = _read_vocabulary(r, d["vocabulary"], path + ("vocabulary",), base, dtype)
         embedding = _read_embedding(r, d["embedding"], path + ("embedding",), d["name"])
         if kind == "sequence":
             need("max_length", "a positive integer")
@@ -177,12 +177,13 @@ def _read_feature(r: Reader, raw: Any, path: Path, base: str) -> Feature | None:
         forbid("dtype", "vocabulary", "embedding", "max_length", "keep", "pooling", "transform", "cross_of",
                "cardinality", "default")
         need("dim", "vector length")
-    for key in ("max_length", "dim", "cardinality"):
-        if d[key] is not None and d[key] <= 0:
-            r.error(path + (key,), f"expected a positive integer, got {d[key]}")
+    for key, maximum in (("max_length", MAX_SEQUENCE_LENGTH), ("dim", MAX_VECTOR_DIM), ("cardinality", MAX_TABLE_ROWS)):
+        _check_size(r, path + (key,), d[key], maximum)
     default = d["default"]
     if default is not None and kind == "numeric" and isinstance(default, str):
         r.error(path + ("default",), f"expected a number for a numeric feature, got {default!r}")
+    elif isinstance(default, float) and not math.isfinite(default):
+        r.error(path + ("default",), f"expected a finite number, got {default!r}")
     if default is not None and kind == "categorical":
         want = str if dtype == "string" else int
         if not isinstance(default, want) or isinstance(default, bool):
@@ -195,6 +196,12 @@ def _read_feature(r: Reader, raw: Any, path: Path, base: str) -> Feature | None:
                    pooling=d["pooling"], transforms=transforms,
                    default=float(default) if kind == "numeric" and default is not None else default,
                    dim=d["dim"], cardinality=d["cardinality"])
+
+
+def _check_size(r: Reader, path: Path, value: int | None, maximum: int) -> None:
+    """Record an issue if a declared size (None: not given) is outside [1, maximum]."""
+    if value is not None and not 1 <= value <= maximum:
+        r.error(path, f"expected a positive integer <= {maximum:,}, got {value:,}")
 
 
 def _read_columns(r: Reader, d: dict, path: Path, kind: str) -> tuple[str, ...] | None:
@@ -211,7 +218,7 @@ def _read_columns(r: Reader, d: dict, path: Path, kind: str) -> tuple[str, ...] 
     return (d["source"] or d["name"],)
 
 
-def _read_vocabulary(r: Reader, raw: Any, path: Path, base: str) -> Vocabulary | None:
+def _read_vocabulary(r: Reader, raw: Any, path: Path, base: str, dtype: str) -> Vocabulary | None:
     if raw is None:
         return None
     d = r.read_mapping(raw, path, _VOCAB)
@@ -231,15 +238,21 @@ def _read_vocabulary(r: Reader, raw: Any, path: Path, base: str) -> Vocabulary |
             file_path = os.path.normpath(os.path.join(base, d["path"]))
             if not os.path.isfile(file_path):
                 r.error(path + ("path",), f"vocabulary file not found: {file_path}")
-    if src == "hash" and not d["buckets"]:
+            else:
+                try:
+                    read_vocabulary_file(file_path, dtype, format_path(path + ("path",)))
+                except SpecError as exc:
+                    r.issues.extend(exc.issues)
+    if src == "hash" and d["buckets"] is None:
         r.error(path + ("buckets",), "missing required field 'buckets' for source: hash (a positive integer)")
-    for key in ("min_count", "buckets"):
-        if d[key] is not None and d[key] <= 0:
-            r.error(path + (key,), f"expected a positive integer, got {d[key]}")
-    if d["max_size"] is not None and d["max_size"] <= 0:
-        r.error(path + ("max_size",), f"expected a positive integer, got {d['max_size']}")
-    if d["oov_buckets"] is not None and d["oov_buckets"] < 1 and src != "hash":
-        r.error(path + ("oov_buckets",), f"expected at least 1 (unseen ids need a row), got {d['oov_buckets']}")
+    _check_size(r, path + ("min_count",), d["min_count"], MAX_TABLE_ROWS)
+    for key in ("buckets", "max_size"):
+        _check_size(r, path + (key,), d[key], MAX_TABLE_ROWS)
+    if src != "hash" and d["oov_buckets"] is not None:
+        if d["oov_buckets"] < 1:
+            r.error(path + ("oov_buckets",), f"expected at least 1 (unseen ids need a row), got {d['oov_buckets']}")
+        elif d["oov_buckets"] > MAX_OOV_BUCKETS:
+            r.error(path + ("oov_buckets",), f"expected at most {MAX_OOV_BUCKETS:,}, got {d['oov_buckets']:,}")
     return Vocabulary(source=src, min_count=d["min_count"], max_size=d["max_size"], path=file_path,
                       buckets=d["buckets"], oov_buckets=0 if src == "hash" else d["oov_buckets"])
 
@@ -250,8 +263,7 @@ def _read_embedding(r: Reader, raw: Any, path: Path, feature_name: str) -> Embed
     d = r.read_mapping(raw, path, _EMBEDDING)
     if d is None or d["dim"] is None:
         return None
-    if d["dim"] <= 0:
-        r.error(path + ("dim",), f"expected a positive integer, got {d['dim']}")
+    _check_size(r, path + ("dim",), d["dim"], MAX_EMBEDDING_DIM)
     return Embedding(table=d["table"] or feature_name, dim=d["dim"], initializer=d["initializer"])
 
 
@@ -272,6 +284,11 @@ def _read_transforms(r: Reader, raw: Any, path: Path) -> tuple[TransformStep, ..
             if not isinstance(bounds, list) or not bounds or not all(
                     isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
                 r.error(p + ("bucketize",), f"expected a non-empty list of numbers, got {bounds!r}")
+                continue
+            if len(bounds) > MAX_BOUNDARIES or not all(math.isfinite(b) for b in bounds):
+                r.error(p + ("bucketize",), f"expected at most {MAX_BOUNDARIES:,} finite boundaries, got "
+                                            f"{len(bounds):,}" + ("" if all(math.isfinite(b) for b in bounds)
+                                                                  else " with a nan or inf"))
                 continue
             if any(lo >= hi for lo, hi in zip(bounds, bounds[1:])):
                 r.error(p + ("bucketize",), f"boundaries must be strictly increasing, got {bounds}")
@@ -380,6 +397,9 @@ def _check_cross_references(r: Reader, spec: Spec, top: dict, positions: dict[in
     # Judge towers on the sides written in the YAML, so a feature with another error does not
     # also make its tower look empty.
     sides = {side for raw in raw_features if isinstance(side := raw.get("side"), str)}
+    if not raw_features:
+        r.error(("features",), "expected at least one feature (the student needs a user or context feature and "
+                               "an item feature; the teacher reads them all)")
     if raw_features and not sides & {"user", "context"}:
         r.error(("features",), "the student's user tower needs at least one user or context feature")
     if raw_features and "item" not in sides:

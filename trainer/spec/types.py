@@ -23,6 +23,14 @@ LABEL_TYPES = ("binary", "regression")
 LABEL_TRANSFORMS = ("none", "log1p")
 FORMATS = ("tfrecord", "csv")
 COMPRESSIONS = ("none", "GZIP")
+# Upper bounds of sizes a spec declares (a value past one is almost always a typo: dim 1e9 would not fit in any
+# machine). A table too big for one machine within them is refused by `training.max_table_gb`.
+MAX_EMBEDDING_DIM = 1024
+MAX_VECTOR_DIM = 65_536  # dense_vector length
+MAX_SEQUENCE_LENGTH = 10_000  # ids kept per sequence
+MAX_TABLE_ROWS = 2**31 - 1  # hash buckets, vocabulary max_size, ids in a vocabulary file, cardinality
+MAX_OOV_BUCKETS = 1_000_000
+MAX_BOUNDARIES = 10_000  # bucketize boundaries
 
 
 @dataclass(frozen=True)
