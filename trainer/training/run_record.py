@@ -19,7 +19,8 @@ from trainer.training.layout import RUN_FILE
 # Keys that may differ when a model directory is resumed: they change how long or how visibly the
 # job runs, not what is trained.
 RESUMABLE_KEYS = ("training.epochs", "training.max_steps", "training.log_every", "training.checkpoint_every",
-                  "training.keep_checkpoints", "training.eval_every", "training.eval_batches", "training.progress")
+                  "training.keep_checkpoints", "training.eval_every", "training.eval_batches", "training.progress",
+                  "training.max_table_gb")
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
