@@ -17,4 +17,4 @@ class InputConfig:
     drop_remainder: bool = False  # drop the last partial batch
     pad_sequences: bool = False  # sequences as dense [B, max_length] padded with PAD_ID / PAD_STRING
     skip_corrupt: bool = False  # skip (and count) corrupt records instead of failing
-    check_values: bool = True  # fail on NaN/inf numbers and non-0/1 binary labels
+    check_values: bool = True  # fail on NaN/inf numbers, ids breaking the id rule (records.py), non-0/1 binary labels

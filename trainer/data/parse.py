@@ -3,7 +3,9 @@
 TFRecord: `tf.io.parse_example` with a description derived from the spec's raw
 columns; CSV: `decode_csv` of every field as text, then conversion. Then
 sequences are truncated (and padded with `pad_sequences`), numbers cast, and
-NaN / inf and non-0/1 binary labels fail naming the first bad record.
+NaN / inf, ids that break the id rule (`trainer.data.records`: negative ids
+other than a column's declared default, empty strings in sequences) and
+non-0/1 binary labels fail naming the first bad record.
 """
 import tensorflow as tf
 
@@ -83,6 +85,8 @@ def batch_finisher(spec: Spec, config: InputConfig):
             max_length[f.columns[0]] = max(max_length.get(f.columns[0], 0), f.max_length)
 
     def finish(raw: dict, origins: tf.Tensor, checks: list) -> dict:
+        if config.check_values:  # on the ids as stored, before truncation and padding
+            checks = list(checks) + _id_checks(columns, raw)
         values: dict[str, tf.Tensor] = {}
         for name, col in columns.items():
             value = raw[name]
@@ -177,6 +181,30 @@ def _value_checks(spec: Spec, columns: dict[str, RawColumn], values: dict) -> li
     return checks
 
 
+def _id_checks(columns: dict[str, RawColumn], raw: dict) -> list:
+    """(ok per record, message, value) for the id rule: int64 ids >= 0 or the column's declared default;
+    no empty string inside a string sequence (the padding value)."""
+    checks = []
+    for name, col in columns.items():
+        value = raw[name]
+        if col.dtype == "int64":
+            ok = value >= 0
+            allowed = "ids are >= 0"
+            if col.shape == "scalar" and isinstance(col.default, int) and col.default < 0:
+                ok = tf.logical_or(ok, tf.equal(value, col.default))
+                allowed += f" or the declared default {col.default}"
+            shown = value
+            if col.shape == "list":
+                ok, shown = tf.reduce_all(ok, axis=1), tf.reduce_min(value, axis=1)
+            checks.append((ok, f"negative id in column '{name}' (read by {col.read_by}): {allowed} "
+                               f"({PAD_ID} pads sequences at serving)", shown))
+        elif col.dtype == "string" and col.shape == "list":
+            ok = tf.reduce_all(tf.strings.length(value) > 0, axis=1)
+            checks.append((ok, f"empty string in sequence column '{name}' (read by {col.read_by}): "
+                               "\"\" pads sequences at serving, so it cannot be an id", None))
+    return checks
+
+
 def _enforce(checks: list, origins: tf.Tensor) -> None:
     """Fail naming the first bad record of the first failed check: one fused test per batch; the
     failing record and its message are only gathered (in a cond branch) when something failed."""
@@ -190,7 +218,7 @@ def _enforce(checks: list, origins: tf.Tensor) -> None:
         messages = tf.constant([f"{message}; first bad record:" for _, message, _ in checks])
         empty = tf.fill(tf.shape(origins), "")
         values = tf.stack([empty if v is None else
-                           tf.strings.join(["value: ", tf.strings.as_string(v, shortest=True)])
+                           tf.strings.join(["value: ", tf.strings.as_string(v, shortest=v.dtype.is_floating)])
                            for _, _, v in checks])
         assertion = tf.debugging.Assert(tf.constant(False), [messages[failed], origins[row], values[failed, row]])
         with tf.control_dependencies([assertion]):

@@ -3,12 +3,25 @@
 Every record the pipeline reads carries an int64 id: its file's index shifted
 by `RECORD_BITS`, plus its record number (TFRecord) or line number (CSV). A
 parse error's origin (`file#record` or `file:line`) is rebuilt from it.
+
+The id rule (one rule for data and serving):
+
+- an int64 id is >= 0, or exactly the `default` its spec feature declares
+  (a declared missing value such as `default: -1` is a legitimate id with a
+  vocabulary row of its own, like any other);
+- any other negative id in the data is refused, naming the column and the
+  record (`trainer.data.parse`); so is an empty string inside a string
+  sequence;
+- `PAD_ID` (-1) and `PAD_STRING` ("") only pad: a sequence [B, L] is padded
+  on the right (ids first, then padding), by `pad_sequences` batches and by
+  serving clients; the serving signatures refuse a row with padding before
+  an id and any other negative id (`serving.savedmodel.signatures`).
 """
 import re
 
 import tensorflow as tf
 
-PAD_ID, PAD_STRING = -1, ""  # padding of `pad_sequences` batches and serving sequences; never a valid id
+PAD_ID, PAD_STRING = -1, ""  # right padding of `pad_sequences` batches and serving sequences; never an id
 RECORD_BITS = 40  # a record id is file_index << RECORD_BITS | record number (TFRecord) or line number (CSV)
 
 
