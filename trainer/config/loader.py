@@ -17,7 +17,6 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-import yaml
 
 from trainer.config.checks import check_against_spec
 from trainer.config.knobs import MAX_STEPS, Component, Config
@@ -97,11 +96,11 @@ def _apply_overrides(raw: dict, overrides: list[str], issues: list[SpecIssue]) -
             issues.append(SpecIssue(COMMAND_LINE, None, item or "''",
                                     "expected KEY=VALUE with a dotted KEY, e.g. training.max_steps=100"))
             continue
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            issues.append(SpecIssue(COMMAND_LINE, None, key.strip(), f"invalid YAML value {value!r}: {problem}"))
+        try:  # the bounded loader: an alias bomb on the command line is refused like one in a file
+            parsed = load_located_yaml(value, COMMAND_LINE, error=ConfigError).data
+        except ConfigError as exc:
+            problem = "; ".join(i.message.removeprefix("invalid YAML: ") for i in exc.issues)
+            issues.append(SpecIssue(COMMAND_LINE, None, key.strip(), f"invalid YAML value {value[:80]!r}: {problem}"))
             continue
         target = raw
         for k in keys[:-1]:
