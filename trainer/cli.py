@@ -105,13 +105,13 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from trainer.training.distribution import strategy_from_env
-    strategy = strategy_from_env()  # first: a multi-worker strategy must exist before other TensorFlow work
-    from trainer.api import train
     from trainer.config.loader import load_config
     from trainer.spec.loader import load_spec
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec)  # first, without TensorFlow: a bad spec or config is refused in a blink
     config = load_config(spec, args.config, args.set)
+    from trainer.training.distribution import strategy_from_env
+    strategy = strategy_from_env()  # before other TensorFlow work: a multi-worker strategy must exist first
+    from trainer.api import train
     train(spec, config, args.model_dir, data=args.data, validation=args.validation, strategy=strategy,
           skip_corrupt=args.skip_corrupt, refit=args.refit)
 
