@@ -201,7 +201,7 @@ def _id_checks(columns: dict[str, RawColumn], raw: dict) -> list:
         elif col.dtype == "string" and col.shape == "list":
             ok = tf.reduce_all(tf.strings.length(value) > 0, axis=1)
             checks.append((ok, f"empty string in sequence column '{name}' (read by {col.read_by}): "
-                               "\"\" pads sequences at serving, so it cannot be an id", None))
+                               "the empty string pads sequences at serving, so it cannot be an id", None))
     return checks
 
 
