@@ -134,6 +134,12 @@ def test_sizes_have_upper_bounds(tmp_path, old, new, field, expected):
     assert f"{field}: {expected}" in message and "missing required field" not in message
 
 
+def test_a_list_delimiter_that_csv_itself_uses_is_refused(tmp_path):
+    path = spec_with(tmp_path, "data: {format: tfrecord}", "data: {format: csv, list_delimiter: ','}")
+    assert f"{path}:2: data.list_delimiter: expected a non-empty separator other than a comma, quote or line " \
+           "break (CSV uses those), got ','" in refused("validate", path)
+
+
 def test_a_table_too_big_for_one_machine_is_refused_unless_the_limit_is_raised(tmp_path):
     path = spec_with(tmp_path, "vocabulary: {source: hash, buckets: 100},\n     embedding: {dim: 4}}",
                      "vocabulary: {source: hash, buckets: 50000000},\n     embedding: {dim: 64}}")

@@ -125,6 +125,10 @@ def _read_data(r: Reader, raw: Any, base: str) -> DataSource:
     d = r.read_mapping(raw, ("data",), _DATA)
     if d is None:
         return DataSource()
+    delimiter = d["list_delimiter"]
+    if delimiter is not None and (not delimiter or delimiter in ',"\n\r'):
+        r.error(("data", "list_delimiter"), f"expected a non-empty separator other than a comma, quote or line "
+                                            f"break (CSV uses those), got {delimiter!r}")
     resolve = lambda g: None if g is None else os.path.normpath(os.path.join(base, g))  # noqa: E731
     return DataSource(format=d["format"] or "tfrecord", compression=d["compression"] or "none",
                       train=resolve(d["train"]), validation=resolve(d["validation"]), eval=resolve(d["eval"]),
