@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from trainer.errors import ExportError
+from trainer.errors import ExportError, PrerankError
 
 TMP_SUFFIX = ".tmp"  # a file being written: `<path>.tmp`
 TEMP_PREFIX = ".tmp-"  # a directory being written: `.tmp-<name>-<host>-<pid>`
@@ -65,6 +65,28 @@ def atomic_write(path: str, content: str | bytes | Callable[[BinaryIO], None]) -
 def write_json_atomic(path: str, data: Any) -> None:
     """`data` as indented JSON with sorted keys, atomically."""
     atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str, error: type[PrerankError], written_by: str) -> Any:
+    """The JSON of `path`; `error` naming the file (and the line) when it is missing, not UTF-8 or not JSON.
+
+    Args:
+      path: the file.
+      error: the PrerankError to raise (e.g. ModelDirError for a model directory's files).
+      written_by: what writes the file, for the message ("`prerank train`").
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise error(f"{path}: not found; {written_by} writes it") from None
+    except OSError as exc:  # a directory in its place, no permission
+        raise error(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}); expected the JSON {written_by} writes") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); expected the JSON "
+                    f"{written_by} writes") from None
 
 
 # ---- directories ----

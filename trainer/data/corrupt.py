@@ -5,11 +5,18 @@ the readable prefix is kept and the rest of the file is reported as skipped.
 A CSV line is corrupt when its field count is wrong or a number in it does not
 parse; such lines are skipped one by one. Missing values are not corruption:
 they take the spec's default or fail.
+
+A scan's result is kept per file (with its size and modification time, the
+spec and the parse plan): the reads of one job (fitting the preprocessing,
+each epoch's pipeline, the validation) scan each file once. Commands report
+what they skipped with `report`, one line per file, and record the
+`Skipped.as_dict` entries in their JSON output.
 """
 import csv
 import gzip
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -34,8 +41,28 @@ class Skipped:
     detail: str
     lines: tuple[int, ...] = ()  # CSV: the skipped line numbers
 
+    def as_dict(self) -> dict:
+        """What a command records: file, records, detail, and for a TFRecord the records read before the
+        corruption (`readable`)."""
+        entry = {"file": self.file, "records": self.records, "detail": self.detail}
+        if self.readable >= 0:
+            entry["readable"] = self.readable
+        return entry
+
     def __str__(self) -> str:
-        return f"{self.file}: {self.detail}"
+        return describe(self.as_dict())
+
+
+def describe(entry: dict) -> str:
+    """The line a command prints for one `Skipped.as_dict` entry."""
+    return f"skipped {entry['records']} corrupt record(s) in {entry['file']}: {entry['detail']}"
+
+
+def report(entries: list[dict], log: Callable[[str], None], prefix: str = "") -> list[dict]:
+    """Log one line per `Skipped.as_dict` entry (after `prefix`, e.g. "validation: "); the entries."""
+    for entry in entries:
+        log(prefix + describe(entry))
+    return entries
 
 
 def _tfrecord_readable(path: str, compression: str) -> tuple[int, str | None]:
@@ -104,9 +131,29 @@ def _scan_file(spec: Spec, plan: ParsePlan, path: str) -> Skipped | None:
                                        f"{bad[0][0]}: {bad[0][1]}", tuple(n for n, _ in bad))
 
 
+_SCANNED: dict[tuple, Skipped | None] = {}  # (file, size, mtime, spec, plan) -> what its scan found
+_SCANNED_MAX = 100_000  # entries kept (a process reading more files forgets, and rescans, the oldest)
+
+
+def _scan_key(spec: Spec, plan: ParsePlan, path: str) -> tuple:
+    stat = tf.io.gfile.stat(path)
+    return (path, stat.length, stat.mtime_nsec, spec.fingerprint, plan.format, plan.compression,
+            tuple(sorted(plan.stored.items())), tuple(sorted(plan.csv_index.items())), plan.csv_fields)
+
+
+def _scan_file_once(spec: Spec, plan: ParsePlan, path: str) -> Skipped | None:
+    """`_scan_file`, reading a file again only once it changed (or with another spec or plan)."""
+    key = _scan_key(spec, plan, path)
+    if key not in _SCANNED:
+        if len(_SCANNED) >= _SCANNED_MAX:
+            del _SCANNED[next(iter(_SCANNED))]
+        _SCANNED[key] = _scan_file(spec, plan, path)
+    return _SCANNED[key]
+
+
 def scan(spec: Spec, plan: ParsePlan, files: list[str]) -> list[Skipped]:
-    """Every corrupt spot in `files` (reads them all once)."""
-    return [found for path in files if (found := _scan_file(spec, plan, path)) is not None]
+    """Every corrupt spot in `files` (reads each file once per process, until it changes)."""
+    return [found for path in files if (found := _scan_file_once(spec, plan, path)) is not None]
 
 
 def keep_predicate(skipped: list[Skipped], files: list[str]):
@@ -154,7 +201,7 @@ def describe_corruption(spec: Spec, plan: ParsePlan, files: list[str], exc: tf.e
     """A DataError naming the first corrupt file (and line or record), found by scanning the files in order."""
     first = clean_message(exc.message) if exc.message else type(exc).__name__
     for path in files:
-        found = _scan_file(spec, plan, path)
+        found = _scan_file_once(spec, plan, path)
         if found is not None:
             detail = found.detail.replace(" skipped", "").replace("; the rest of the file is", "")
             return DataError(f"{found.file}: {detail}. Fix the file, or rerun with --skip-corrupt to skip and "
@@ -164,8 +211,3 @@ def describe_corruption(spec: Spec, plan: ParsePlan, files: list[str], exc: tf.e
             if index is not None:
                 return DataError(f"{path}#{index}: record is not a tf.Example ({first[:200]})")
     return DataError(f"reading {len(files)} file(s) under {os.path.commonpath(files)} failed: {first}")
-
-
-def summary(skipped: list[Skipped]) -> str:
-    """One line per file with corrupt data (for reports)."""
-    return "\n".join(str(s) for s in skipped)
