@@ -6,7 +6,7 @@ that no user or context feature reads (item features, their offline
 statistics, the item half of crosses); the user half of a candidate comes from
 the group's own row. Derived from the spec, never listed.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +25,7 @@ class ItemCatalog:
     id_column: str
     ids: np.ndarray
     columns: dict[str, tf.Tensor | tf.RaggedTensor]
+    skipped: list[dict] = field(default_factory=list)  # corrupt records left out (`corrupt.Skipped.as_dict`)
 
     @property
     def size(self) -> int:
@@ -39,15 +40,26 @@ class ItemCatalog:
         return {c: tf.gather(v, rows) for c, v in self.columns.items()}
 
 
-def build_catalog(spec: Spec, patterns: str, id_feature_name: str | None = None, batch_size: int = 4096) -> ItemCatalog:
-    """One pass over the data: the first-seen row of each item id, catalog columns only."""
+def build_catalog(spec: Spec, patterns: str | list[str], id_feature_name: str | None = None, batch_size: int = 4096,
+                  skip_corrupt: bool = False) -> ItemCatalog:
+    """One pass over the data: the first-seen row of each item id, catalog columns only.
+
+    Args:
+      spec: the item features.
+      patterns: the files (globs).
+      id_feature_name: the item id feature (default: the spec's only item id feature).
+      batch_size: rows read per batch.
+      skip_corrupt: leave corrupt records out (listed in the catalog's `skipped`) instead of failing.
+    """
     id_column = spec.feature(id_feature(spec, "item", id_feature_name)).columns[0]
     wanted = catalog_columns(spec)
-    config = InputConfig(batch_size=batch_size, shuffle_buffer=0, deterministic=True, check_values=False)
+    config = InputConfig(batch_size=batch_size, shuffle_buffer=0, deterministic=True, check_values=False,
+                         skip_corrupt=skip_corrupt)
     seen: dict = {}
     parts: dict[str, list] = {c: [] for c in wanted}
     order: list = []
-    for batch in make_pipeline(spec, patterns, config):
+    pipeline = make_pipeline(spec, patterns, config)
+    for batch in pipeline:
         ids = batch["features"][id_column].numpy()
         ids = ids.astype(object) if ids.dtype.kind == "S" else ids
         _, first = np.unique(ids, return_index=True)
@@ -63,4 +75,4 @@ def build_catalog(spec: Spec, patterns: str, id_feature_name: str | None = None,
     if not order:
         raise DataError(f"no items found in {patterns}")
     columns = {c: tf.concat(v, axis=0) for c, v in parts.items()}
-    return ItemCatalog(id_column, np.array(order), columns)
+    return ItemCatalog(id_column, np.array(order), columns, [s.as_dict() for s in pipeline.skipped])

@@ -41,14 +41,27 @@ def consistency(p: Predictions, sampled: int, ks=RECALL_KS) -> dict:
 
 
 def evaluate_model(model, patterns: str | list[str], batch_size: int = 2048, max_batches: int | None = None,
-                   sampled: tuple[int, ...] = (0,), seed: int = 0) -> dict:
-    """Quality on `patterns`, plus consistency for each number of sampled items (student models only)."""
-    base = predict(model, patterns, batch_size, max_batches, seed=seed)
+                   sampled: tuple[int, ...] = (0,), seed: int = 0, skip_corrupt: bool = False) -> dict:
+    """Quality on `patterns`, plus consistency for each number of sampled items (student models only).
+
+    Args:
+      model: a JointModel (its catalog samples the items).
+      patterns: the files (globs).
+      batch_size: rows per batch.
+      max_batches: read at most this many batches.
+      sampled: numbers of items sampled per group for the consistency candidate sets (0: exposures only).
+      seed: seed of the sampled items.
+      skip_corrupt: leave corrupt records out instead of failing; the result's "skipped" lists them per file
+        (`corrupt.Skipped.as_dict` entries; always there, empty without corrupt records).
+    """
+    base = predict(model, patterns, batch_size, max_batches, seed=seed, skip_corrupt=skip_corrupt)
     result = quality(model, base)
+    result["skipped"] = base.skipped
     if model.has_student:
         by_k = []
         for k in sampled:
-            p = base if k == 0 else predict(model, patterns, batch_size, max_batches, sampled_per_group=k, seed=seed)
+            p = base if k == 0 else predict(model, patterns, batch_size, max_batches, sampled_per_group=k, seed=seed,
+                                            skip_corrupt=skip_corrupt)
             by_k.append(consistency(p, k))
         result["consistency"] = {"by_k": by_k}
     return result

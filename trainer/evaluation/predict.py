@@ -22,16 +22,18 @@ class Predictions:
     student_logit: np.ndarray | None = None
     groups: np.ndarray | None = None
     exposed: np.ndarray | None = None  # False for sampled (never shown) candidates
+    skipped: list[dict] = field(default_factory=list)  # corrupt records left out (`corrupt.Skipped.as_dict`)
 
 
 def predict(model, patterns: str | list[str], batch_size: int = 2048, max_batches: int | None = None,
-            sampled_per_group: int = 0, seed: int = 0) -> Predictions:
+            sampled_per_group: int = 0, seed: int = 0, skip_corrupt: bool = False) -> Predictions:
     """Predictions on the files (in file order); with `sampled_per_group` K, each group of each batch also
-    gets K items sampled from the model's item catalog (no labels: NaN)."""
-    config = InputConfig(batch_size=batch_size, shuffle_buffer=0, deterministic=True)
+    gets K items sampled from the model's item catalog (no labels: NaN). With `skip_corrupt`, corrupt records
+    are left out (listed in `skipped`) instead of failing."""
+    config = InputConfig(batch_size=batch_size, shuffle_buffer=0, deterministic=True, skip_corrupt=skip_corrupt)
     users = user_columns(model.spec)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def forward(batch: dict, batch_seed: tf.Tensor) -> dict:
         features, keys = batch["features"], batch["group"]
         exposed = tf.shape(keys)[0]
@@ -54,7 +56,8 @@ def predict(model, patterns: str | list[str], batch_size: int = 2048, max_batche
         return result
 
     parts: dict[str, list] = {}
-    for i, batch in enumerate(make_pipeline(model.spec, patterns, config)):
+    pipeline = make_pipeline(model.spec, patterns, config)
+    for i, batch in enumerate(pipeline):
         if max_batches is not None and i >= max_batches:
             break
         result = forward(batch, tf.constant([seed, i], tf.int64))
@@ -67,7 +70,7 @@ def predict(model, patterns: str | list[str], batch_size: int = 2048, max_batche
             parts.setdefault(key, []).append(value.numpy())
     joined = {k: np.concatenate(v) for k, v in parts.items()}
     p = Predictions(teacher_score=joined["teacher_score"], student_logit=joined.get("student_logit"),
-                    groups=joined["group"], exposed=joined["exposed"])
+                    groups=joined["group"], exposed=joined["exposed"], skipped=[s.as_dict() for s in pipeline.skipped])
     for key, value in joined.items():
         kind, _, task = key.partition("/")
         if kind == "label":

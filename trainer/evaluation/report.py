@@ -99,6 +99,9 @@ def _plot(path: str, title: str, xlabel: str, ylabel: str, series: Series) -> st
 
 def write_report(model_dir: str, out_dir: str | None = None) -> list[str]:
     """Write losses, lambda, auc, consistency and sparsity PNGs to `out_dir` (MODEL_DIR/report); return the paths."""
+    if not os.path.isdir(model_dir):
+        raise ModelDirError(f"{model_dir}: not a trained model directory (no such directory); run `prerank train` "
+                            "first")
     history = read_history(os.path.join(model_dir, HISTORY_FILE))
     out_dir = out_dir or os.path.join(model_dir, REPORT_DIR)
     os.makedirs(out_dir, exist_ok=True)

@@ -27,16 +27,25 @@ def _values(value) -> np.ndarray:
     return np.asarray(value).reshape(-1)
 
 
-def analyze(spec: Spec, patterns: str | list[str], batch_size: int = 4096) -> Preprocessing:
-    """Fit vocabularies and statistics on the files matching `patterns` (one pass)."""
+def analyze(spec: Spec, patterns: str | list[str], batch_size: int = 4096, skip_corrupt: bool = False) -> Preprocessing:
+    """Fit vocabularies and statistics on the files matching `patterns` (one pass).
+
+    Args:
+      spec: the features and tables to fit.
+      patterns: the training files (globs).
+      batch_size: rows read per batch.
+      skip_corrupt: leave corrupt records out (the result's `skipped` lists them per file) instead of failing.
+    """
     data_tables = {t: table for t, table in spec.tables.items() if table.vocabulary.source == "data"}
     counters: dict[str, Counter] = {t: Counter() for t in data_tables}
     normalised = {f.name: f for f in spec.features if f.name in normalised_features(spec)}
     moments = {n: np.zeros(3) for n in normalised}  # count, sum, sum of squares
     extremes = {n: [np.inf, -np.inf] for n in normalised}
-    config = InputConfig(batch_size=batch_size, shuffle_buffer=0, epochs=1, deterministic=True)
+    config = InputConfig(batch_size=batch_size, shuffle_buffer=0, epochs=1, deterministic=True,
+                         skip_corrupt=skip_corrupt)
     rows = 0
-    for batch in make_pipeline(spec, patterns, config):
+    pipeline = make_pipeline(spec, patterns, config)
+    for batch in pipeline:
         features = batch["features"]
         rows += int(batch["group"].shape[0])
         for t, table in data_tables.items():
@@ -51,7 +60,7 @@ def analyze(spec: Spec, patterns: str | list[str], batch_size: int = 4096) -> Pr
             extremes[name] = [min(low, x.min(initial=np.inf)), max(high, x.max(initial=-np.inf))]
     if rows == 0:
         raise DataError(f"no rows in {patterns}: cannot fit vocabularies or statistics")
-    result = Preprocessing(spec.name, spec.fingerprint, rows)
+    result = Preprocessing(spec.name, spec.fingerprint, rows, skipped=[s.as_dict() for s in pipeline.skipped])
     for t, counter in counters.items():
         vocab = data_tables[t].vocabulary
         kept = sorted(((i, c) for i, c in counter.items() if c >= vocab.min_count), key=lambda ic: (-ic[1], ic[0]))
