@@ -15,6 +15,12 @@ them restore the chief's latest checkpoint and save at the same steps (the
 others into a scratch folder, removed at the end); only the chief evaluates and
 writes logs, and it runs no collective op while doing so. The workers' input
 positions are not saved: a resumed multi-worker job restarts its data.
+
+MODEL_DIR/history.jsonl holds each (step, key) once: a resumed job first drops
+the lines of the steps after its checkpoint (which it trains again), and a value
+logged again at the same step (the final validation after one at that step) is
+left out. With `skip_corrupt`, `skipped` lists the corrupt records the job's
+reads left out, per file.
 """
 import json
 import math
@@ -31,7 +37,9 @@ from trainer.config.knobs import Config
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.errors import ConfigError, DataError, ModelDirError
+from trainer.files import atomic_write
 from trainer.spec.types import Spec
+from trainer.training.checkpoints import latest_checkpoint, restore, saved_objects
 from trainer.training.distribution import cluster_size, is_chief
 from trainer.training.layout import HISTORY_FILE, TENSORBOARD_DIR, WORKERS_DIR, checkpoint_dir
 from trainer.training.optimizers import create_slots, make_optimizers, route_variables
@@ -90,11 +98,13 @@ class Loop:
         self.spec, self.config, self.model_dir, self.strategy = spec, config, model_dir, strategy
         self.training = config.training
         self.data, self.skip_corrupt = data, skip_corrupt
+        self.skipped: dict[str, dict] = {}  # file -> the corrupt records left out of it (`corrupt.Skipped.as_dict`)
+        self._logged: tuple[int, set[str]] = (-1, set())  # the last step logged, and the keys logged at it
         self.on_evaluate = on_evaluate
         self.multi_worker = cluster_size(strategy) > 1
         with strategy.scope():
             self.model = build_model()
-            sample = self._build(data)
+            sample = self._build()
             self.ftrl, self.adagrad = make_optimizers(config.model)
             self._create_slots(sample)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -112,19 +122,17 @@ class Loop:
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)  # left by a killed job; never restored from
         remove_partial_checkpoints(checkpoint_dir(worker_dir(model_dir, strategy)))
-        if self.chief:
-            repair_history(os.path.join(model_dir, HISTORY_FILE))
         self.writer = tf.summary.create_file_writer(os.path.join(model_dir, TENSORBOARD_DIR)) if self.chief else None
         self._train_step = None
 
-    def _build(self, data: str) -> dict:
+    def _build(self) -> dict:
         """Create every variable eagerly (on a few rows), before routing and checkpoint restore; the rows."""
-        sample = make_pipeline(self.spec, data, InputConfig(batch_size=8, shuffle_buffer=0, epochs=1))
+        sample = self._pipeline(InputConfig(batch_size=8, shuffle_buffer=0, epochs=1, skip_corrupt=self.skip_corrupt))
         for batch in sample:
             self.model.compute_losses(batch, tf.constant(0, tf.int64), training=False,
                                       seed=tf.constant([0, 0], tf.int64))
             return batch
-        raise DataError(f"no rows in {data}")
+        raise DataError(f"no rows in {self.data}")
 
     def _create_slots(self, batch: dict) -> None:
         """Create the optimizers' slots now, for the variables a step updates (those with a gradient), as
@@ -176,7 +184,13 @@ class Loop:
                              num_workers=ctx.num_input_pipelines, worker_index=ctx.input_pipeline_id,
                              drop_remainder=self.multi_worker, skip_corrupt=self.skip_corrupt,
                              deterministic=t.deterministic)
-        return make_pipeline(self.spec, self.data, config).dataset
+        return self._pipeline(config).dataset
+
+    def _pipeline(self, config: InputConfig):
+        """The input pipeline over the training data; what it skips goes into `skipped`."""
+        pipeline = make_pipeline(self.spec, self.data, config)
+        self.skipped.update((s.file, s.as_dict()) for s in pipeline.skipped)
+        return pipeline
 
     def _next_epochs(self) -> bool:
         """At the end of a pipeline (single worker): start one for the epochs still due, if any.
@@ -237,7 +251,7 @@ class Loop:
     @property
     def latest_checkpoint(self) -> str | None:
         """The checkpoint every worker resumes from: the chief's latest."""
-        return tf.train.latest_checkpoint(checkpoint_dir(self.model_dir))
+        return latest_checkpoint(self.model_dir)
 
     def restore(self, path: str) -> None:
         """Restore the model, optimizers and step from checkpoint `path`, then start the data at its saved
@@ -246,14 +260,14 @@ class Loop:
         A checkpoint written by a multi-worker job holds no input position: a single worker resuming it
         restarts its data. One written by a single worker holds one that workers ignore.
         """
-        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        saved = saved_objects(path)
         state = {k: v for k, v in self.state.items() if k in saved or k not in ("epochs_read", "pipeline_epochs")}
-        tf.train.Checkpoint(**state).restore(path).expect_partial().assert_existing_objects_matched()
+        restore(tf.train.Checkpoint(**state), path)
         if self.multi_worker:
             self._start_data()
         elif "data" in saved:  # the saved pipeline, at its saved position
             self._start_data(int(self.pipeline_epochs.numpy()) if "pipeline_epochs" in saved else None)
-            tf.train.Checkpoint(data=self.iterator).restore(path).expect_partial().assert_existing_objects_matched()
+            restore(tf.train.Checkpoint(data=self.iterator), path)
         else:
             print(f"note: {path} holds no input position (written by a multi-worker job); the data restart")
             self._start_data()
@@ -291,6 +305,9 @@ class Loop:
             resumed_from = int(self.step.numpy())
         else:
             self._start_data()
+        if self.chief:  # the steps after the checkpoint are trained (and logged) again
+            self._logged = (resumed_from or 0, repair_history(os.path.join(self.model_dir, HISTORY_FILE),
+                                                               resumed_from or 0))
         saved_step = resumed_from  # every worker must save at the same steps: decide on what they all know
         if self._train_step is None:
             self._train_step = self.make_train_step()
@@ -379,7 +396,16 @@ class Loop:
         return out
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        """Append `values` at `step` to history.jsonl and TensorBoard (the chief only), leaving out keys already
+        logged at that step."""
         if not self.chief:
+            return
+        last, keys = self._logged
+        if step != last:
+            last, keys = step, set()
+        values = {k: v for k, v in values.items() if k not in keys}
+        self._logged = (last, keys | set(values))
+        if not values:
             return
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else float(v)) for k, v in values.items()}
         with open(os.path.join(self.model_dir, HISTORY_FILE), "a", encoding="utf-8") as fh:
@@ -401,11 +427,33 @@ def remove_partial_checkpoints(directory: str) -> None:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
-def repair_history(path: str) -> None:
-    """Drop a last line left half-written by a killed job, so the file stays one JSON object per line."""
+def repair_history(path: str, step: int) -> set[str]:
+    """Make history.jsonl the log of a run resuming after `step`: drop a last line left half-written by a killed
+    job and the lines of later steps (a job killed after its checkpoint logged them; they are trained again),
+    atomically. The keys logged at `step`.
+
+    ModelDirError naming the file and line when a line (other than a half-written last one) is not a JSON object
+    with an integer "step".
+    """
     if not os.path.exists(path):
-        return
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        if data and not data.endswith(b"\n"):
-            fh.truncate(data.rfind(b"\n") + 1)
+        return set()
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    partial = lines.pop() != b""  # the text after the last newline: "" when the last line is whole
+    kept, keys = [], set()
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
+            raise ModelDirError(f"{path}:{number}: expected a JSON object with an integer \"step\", got "
+                                f"{line[:80].decode('utf-8', 'replace')!r}; move the file away to resume without "
+                                "the log of the steps trained so far")
+        if row["step"] <= step:
+            kept.append(line)
+            if row["step"] == step:
+                keys.update(k for k in row if k != "step")
+    if partial or len(kept) < len(lines):
+        atomic_write(path, b"".join(line + b"\n" for line in kept))
+    return keys

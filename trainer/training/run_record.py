@@ -3,18 +3,24 @@
 Written when a model directory is first used; checked on every later start, so
 resuming with an edited spec or model config is refused with the list of what
 changed (knobs that only change how long or how visibly the job runs may
-differ: `RESUMABLE_KEYS`).
+differ: `RESUMABLE_KEYS`). A directory without a checkpoint holds nothing
+trained with its record (the run failed before its first checkpoint, e.g. on a
+bad learning rate or out of memory): a changed spec or config replaces the
+record, with a note. A run.json that is not a run record is a ModelDirError
+naming it.
 """
 import json
 import os
+from collections.abc import Callable
 
 from trainer.config.knobs import Config
 from trainer.config.loader import config_from_dict
 from trainer.errors import ConfigError, ModelDirError
-from trainer.files import write_json_atomic
+from trainer.files import read_json, write_json_atomic
 from trainer.spec.located_yaml import load_located_yaml
 from trainer.spec.types import CONFIG_SECTIONS, Spec
-from trainer.training.layout import RUN_FILE
+from trainer.training.checkpoints import latest_checkpoint
+from trainer.training.layout import RUN_FILE, checkpoint_dir
 
 # Keys that may differ when a model directory is resumed: they change how long or how visibly the
 # job runs, not what is trained.
@@ -46,24 +52,68 @@ def spec_content(spec: Spec) -> dict:
     return out
 
 
-def check_or_record(model_dir: str, spec: Spec, config: Config, record: bool = True) -> bool:
-    """Record the run in a new model directory; in an existing one, refuse changes. True if it existed.
+def read_run_record(path: str) -> dict:
+    """The run record at `path`: {"spec": ..., "config": ...}; ModelDirError naming the file if it is not one."""
+    raw = read_json(path, ModelDirError, "`prerank train`")
+    problem = _not_an_object(raw)
+    if problem:
+        where, got = problem
+        raise ModelDirError(f"{path}: not a prerank run record: expected an object at {where}, got "
+                            f"{json.dumps(got)[:60]} (a run record is {{\"spec\": {{\"features\": ..., \"labels\": "
+                            "...}, \"config\": {\"model\": ..., \"training\": ...}}); restore the run.json "
+                            "`prerank train` wrote, or use a new --model-dir")
+    return raw
 
-    `record` False (a multi-worker job's non-chief workers): check only, never write.
+
+def _not_an_object(raw) -> tuple[str, object] | None:
+    """The first place where a run record holds something else than an object: (its key path, its value)."""
+    if not isinstance(raw, dict):
+        return "the top level", raw
+    for section, keys in (("spec", ("features", "labels")), ("config", ("model", "training"))):
+        value = raw.get(section)
+        if not isinstance(value, dict):
+            return f"'{section}'", value
+        for key in keys:
+            if not isinstance(value.get(key), dict):
+                return f"'{section}.{key}'", value.get(key)
+    return None
+
+
+def check_or_record(model_dir: str, spec: Spec, config: Config, record: bool = True,
+                    log: Callable[[str], None] = print) -> bool:
+    """Record the run in a new model directory; in one with a checkpoint, refuse changes. True if it holds a
+    checkpoint (the run resumes).
+
+    Args:
+      model_dir: the model directory.
+      spec: the spec the run uses.
+      config: the config the run uses.
+      record: False (a multi-worker job's non-chief workers, commands that only read): check only, never write.
+      log: where the note of a replaced record goes.
+    Raises ConfigError listing the changes when a directory with a checkpoint was trained with another spec or
+    config; ModelDirError when its run.json is not a run record, or is missing beside checkpoints.
     """
     path = os.path.join(model_dir, RUN_FILE)
     current = {"spec": spec_content(spec), "config": config.to_dict()}
+    trained = latest_checkpoint(model_dir) is not None
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            saved = json.load(fh)
+        saved = read_run_record(path)
         saved_config = with_defaults(saved["config"], Config().to_dict())  # knobs added since: their defaults
         changes = [f"spec: {c}" for c in config_changes(saved["spec"], current["spec"])] \
             + [f"config: {c}" for c in config_changes(saved_config, current["config"])]
-        if changes:
+        if not changes:
+            return trained
+        if trained:
             raise ConfigError.single(path, "", "this model directory was trained with another spec or config; "
                                      "resume with the same ones or use a new --model-dir. Changed:\n    "
                                      + "\n    ".join(changes))
-        return True
+        if not record:
+            return False
+        log(f"note: {path} recorded another spec or config, but no checkpoint was written with it (that run "
+            "failed before its first one): recording this run's instead. Changed:\n    " + "\n    ".join(changes))
+    elif trained:
+        raise ModelDirError(f"{path}: missing, but {checkpoint_dir(model_dir)} holds checkpoints: the spec and "
+                            "config they were trained with are unknown; restore run.json or use a new --model-dir")
     if record:
         os.makedirs(model_dir, exist_ok=True)
         write_json_atomic(path, current)
@@ -86,5 +136,4 @@ def recorded_config(model_dir: str) -> Config:
     path = os.path.join(model_dir, RUN_FILE)
     if not os.path.exists(path):
         raise ModelDirError(f"{model_dir}: not a trained model directory (no {RUN_FILE}); run `prerank train` first")
-    with open(path, encoding="utf-8") as fh:
-        return config_from_dict(json.load(fh)["config"], path)
+    return config_from_dict(read_run_record(path)["config"], path)

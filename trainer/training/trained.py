@@ -1,6 +1,9 @@
-"""Load what a training job wrote: a model directory's model at a checkpoint, or a separately trained teacher."""
+"""Load what a training job wrote: a model directory's model at a checkpoint, or a separately trained teacher.
+
+`latest_checkpoint` (from `trainer.training.checkpoints`) is importable from here too."""
 import tensorflow as tf
 
+from trainer.config.knobs import Config
 from trainer.data.catalog import ItemCatalog
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
@@ -8,38 +11,45 @@ from trainer.errors import DataError, ModelDirError
 from trainer.models.joint import JointModel
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.spec.types import Spec
+from trainer.training.checkpoints import latest_checkpoint, restore
 from trainer.training.layout import checkpoint_dir, preprocessing_dir
 from trainer.training.run_record import check_or_record, recorded_config
 
 
-def latest_checkpoint(model_dir: str) -> str | None:
-    """The newest complete checkpoint of `model_dir` (its path prefix), or None."""
-    return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
-
-
-def build_variables(model: JointModel, spec: Spec, sample_data: str | list[str]) -> None:
-    """Create every variable of `model` by running it on a few rows of `sample_data`."""
-    for batch in make_pipeline(spec, sample_data, InputConfig(batch_size=8, shuffle_buffer=0)):
+def build_variables(model: JointModel, spec: Spec, sample_data: str | list[str], skip_corrupt: bool = False) -> None:
+    """Create every variable of `model` by running it on a few rows of `sample_data` (skipping corrupt records
+    with `skip_corrupt`)."""
+    config = InputConfig(batch_size=8, shuffle_buffer=0, skip_corrupt=skip_corrupt)
+    for batch in make_pipeline(spec, sample_data, config):
         model(batch["features"])
         return
     raise DataError(f"no rows in {sample_data}")
 
 
-def load_trained(spec: Spec, model_dir: str, sample_data: str | list[str], catalog: ItemCatalog | None = None,
-                 checkpoint: str | None = None) -> JointModel:
-    """The model of `model_dir` at `checkpoint` (default: its latest); `sample_data` gives one batch to
-    create variables. Its `checkpoint_path` says which checkpoint it holds."""
+def trained_checkpoint(model_dir: str, checkpoint: str | None = None) -> tuple[Config, str]:
+    """The config a model directory was trained with and its checkpoint `checkpoint` (default: the latest);
+    ModelDirError when the directory has no run record or no such checkpoint."""
     config = recorded_config(model_dir)
-    check_or_record(model_dir, spec, config)  # refuses a spec that changed since training
     latest = checkpoint or latest_checkpoint(model_dir)
     if latest is None:
-        raise ModelDirError(f"{model_dir}: no checkpoint in {checkpoint_dir(model_dir)}")
+        raise ModelDirError(f"{model_dir}: no checkpoint in {checkpoint_dir(model_dir)}; train it first")
     if not tf.io.gfile.exists(latest + ".index"):
         raise ModelDirError(f"{latest}: no such checkpoint (missing {latest}.index)")
+    return config, latest
+
+
+def load_trained(spec: Spec, model_dir: str, sample_data: str | list[str], catalog: ItemCatalog | None = None,
+                 checkpoint: str | None = None, skip_corrupt: bool = False) -> JointModel:
+    """The model of `model_dir` at `checkpoint` (default: its latest); `sample_data` gives one batch to
+    create variables (`skip_corrupt`: skipping corrupt records). Its `checkpoint_path` says which checkpoint it
+    holds. ModelDirError naming the file when the directory's run.json, preprocessing or checkpoint cannot be
+    read."""
+    config, latest = trained_checkpoint(model_dir, checkpoint)
+    check_or_record(model_dir, spec, config, record=False)  # refuses a spec that changed since training
     fitted = Preprocessing.load(preprocessing_dir(model_dir, config))
     model = JointModel(spec, fitted, config, catalog, name="joint")
-    build_variables(model, spec, sample_data)
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    build_variables(model, spec, sample_data, skip_corrupt)
+    restore(tf.train.Checkpoint(model=model), latest)
     model.checkpoint_path = latest
     return model
 
@@ -50,7 +60,7 @@ def restore_teacher(model: JointModel, teacher_dir: str) -> None:
     latest = latest_checkpoint(teacher_dir)
     if latest is None:
         raise ModelDirError(f"training.teacher_dir {teacher_dir}: no checkpoint in {checkpoint_dir(teacher_dir)}")
-    tf.train.Checkpoint(**teacher_objects(model)).restore(latest).expect_partial().assert_existing_objects_matched()
+    restore(tf.train.Checkpoint(**teacher_objects(model)), latest)
 
 
 def teacher_objects(model: JointModel, tables_only: bool = False) -> dict:
