@@ -8,6 +8,18 @@ MODEL_DIR/evaluation.json). `trainer.train` etc. are these functions
 The job sits above both `trainer.training` and `trainer.evaluation` because it
 runs both: it fits (or reloads) the preprocessing, trains under the strategy
 TF_CONFIG selects, evaluates on the validation data and writes the summary.
+
+With `skip_corrupt`, every read of a job skips corrupt records (each file is
+scanned once per process): the job prints one line per file and read, and
+metrics.json records them under "skipped" ({"fit", "training", "validation",
+"catalog"}: lists of {"file", "records", "detail", "readable"}; "fit" is that
+of the preprocessing the directory holds, as preprocessing.json records it);
+evaluation.json records those of `evaluate` the same way ({"evaluation",
+"catalog"}).
+
+A resumed job that finds its run finished trains nothing: metrics.json keeps
+the "training" figures of the call that trained (steps, examples, seconds, last
+losses) and counts such calls in "training.noop_resumes".
 """
 import math
 import os
@@ -19,11 +31,13 @@ import tensorflow as tf
 
 from trainer.config.knobs import Config
 from trainer.config.loader import load_config, validate_config
+from trainer.data import corrupt
 from trainer.data.catalog import build_catalog
 from trainer.data.splits import resolve_data
 from trainer.evaluation.evaluate import evaluate_model, flatten
 from trainer.evaluation.summary import metrics_table
-from trainer.files import write_json_atomic
+from trainer.errors import ModelDirError
+from trainer.files import read_json, write_json_atomic
 from trainer.models.joint import JointModel
 from trainer.preprocessing.analyze import analyze
 from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
@@ -32,8 +46,8 @@ from trainer.spec.types import Spec
 from trainer.training.distribution import is_chief, strategy_from_env
 from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
 from trainer.training.loop import Loop
-from trainer.training.run_record import check_or_record, recorded_config
-from trainer.training.trained import load_trained, restore_teacher
+from trainer.training.run_record import check_or_record
+from trainer.training.trained import load_trained, restore_teacher, trained_checkpoint
 
 Log = Callable[[str], None]
 
@@ -51,14 +65,24 @@ class TrainResult:
     last_losses: dict[str, float]
     validation: dict | None  # the evaluation on the validation data (None: no validation data, or not the chief)
     summary: dict
+    skipped: dict[str, list[dict]]  # read ("fit", "training", ...) -> the corrupt records it skipped, per file
 
 
 def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refit: bool = False, save: bool = True,
-                         log: Log = print) -> Preprocessing:
+                         skip_corrupt: bool = False, log: Log = print) -> Preprocessing:
     """Load MODEL_DIR/preprocessing, or fit it on `data` and (if `save`: the chief) save it there.
 
     The other workers of a multi-worker job never write: they load the chief's, or fit the same
     preprocessing themselves (fitting is deterministic) while the chief may still be writing it.
+
+    Args:
+      spec: the spec to fit for.
+      data: the training files (globs).
+      model_dir: the model directory.
+      refit: fit again even if MODEL_DIR holds a preprocessing fitted for this spec.
+      save: write a new fit into MODEL_DIR/preprocessing.
+      skip_corrupt: a fit skips corrupt records (logged, and listed in the result's `skipped`).
+      log: where notes go.
     """
     directory = os.path.join(model_dir, PREPROCESSING_DIR)
     if not refit and os.path.exists(os.path.join(directory, FILE_NAME)):
@@ -68,7 +92,8 @@ def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refi
             return fitted
         if save:
             log(f"note: {directory} was fitted for another version of the spec; refitting")
-    fitted = analyze(spec, data)
+    fitted = analyze(spec, data, skip_corrupt=skip_corrupt)
+    corrupt.report(fitted.skipped, log, "fit: ")
     if save:
         fitted.save(directory)
     return fitted
@@ -88,8 +113,10 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
       validation: files evaluated at training.eval_every and at the end; default: the spec's data.validation.
       strategy: a tf.distribute strategy; default: the one TF_CONFIG selects (create it before other TensorFlow
         work in a multi-worker job).
-      skip_corrupt: skip and count corrupt records instead of failing.
-      refit: fit the preprocessing again even if the model directory holds one (a new directory only).
+      skip_corrupt: skip and count corrupt records instead of failing, in every read of the job (the fit, the
+        item table, training, validation); each file's count is logged and recorded in metrics.json.
+      refit: fit the preprocessing again even if the model directory holds one (a directory without a checkpoint
+        only).
       log: where progress lines go.
     """
     spec = as_spec(spec)
@@ -99,17 +126,23 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     data = resolve_data(data, spec, "train", purpose="training data")
     validation = validation or spec.data.validation
     chief = is_chief(strategy)  # the only worker that writes into MODEL_DIR
-    resumed = check_or_record(model_dir, spec, config, record=chief)
+    resumed = check_or_record(model_dir, spec, config, record=chief, log=log)
+    if refit and resumed:
+        log(f"note: --refit ignored: {model_dir} holds checkpoints trained with its preprocessing")
+    skipped: dict[str, list[dict]] = {}
     if m.mode == "student":
         fitted = Preprocessing.load(preprocessing_dir(model_dir, config))
         fitted.check_matches(spec, t.teacher_dir)
     else:
-        fitted = fitted_preprocessing(spec, data, model_dir, refit and not resumed, save=chief, log=log)
+        fitted = fitted_preprocessing(spec, data, model_dir, refit and not resumed, save=chief,
+                                      skip_corrupt=skip_corrupt, log=log)
+        skipped["fit"] = fitted.skipped
     log(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
         f"fitted on {fitted.rows} rows")
     catalog = None
     if m.distill.cascade.enabled and m.distill.cascade.unexposed > 0:
-        catalog = build_catalog(spec, data, m.student.dual_augmented.item_feature)
+        catalog = build_catalog(spec, data, m.student.dual_augmented.item_feature, skip_corrupt=skip_corrupt)
+        skipped["catalog"] = corrupt.report(catalog.skipped, log, "catalog: ")
         log(f"item table: {catalog.size} items (sampling {m.distill.cascade.unexposed} unexposed per group)")
 
     def build_model() -> JointModel:
@@ -119,38 +152,68 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
             restore_teacher(model, t.teacher_dir)
         return model
 
+    latest_evaluation: dict = {}  # the step, result and seconds of the last evaluation on the validation data
+
+    def evaluate_validation(model: JointModel, step: int) -> dict:
+        started = time.time()
+        result = evaluate_model(model, validation, max_batches=t.eval_batches, skip_corrupt=skip_corrupt)
+        latest_evaluation.update(step=step, result=result, seconds=time.time() - started)
+        return result
+
     def on_evaluate(model: JointModel, step: int) -> dict:
-        if not validation:
-            return {}
-        return flatten(evaluate_model(model, validation, max_batches=t.eval_batches), prefix="eval")
+        return flatten(evaluate_validation(model, step), prefix="eval") if validation else {}
 
     steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
     loop = Loop(spec, config, model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate, skip_corrupt)
+    corrupt.report(list(loop.skipped.values()), log, "training: ")
     if loop.latest_checkpoint:
         log(f"resuming from {loop.latest_checkpoint}")
     result = loop.run()
+    skipped["training"] = list(loop.skipped.values())
     log(f"trained to step {result.step} ({result.steps_run} steps here, {result.examples} examples, "
         f"{result.seconds:.1f} s, {result.examples / max(result.seconds, 1e-9):.0f} examples/s)")
-    summary = {"step": result.step, "mode": m.mode, "training": {
-        "steps_run": result.steps_run, "examples": result.examples, "seconds": round(result.seconds, 2),
-        "resumed_from": result.resumed_from, "last_losses": result.last_losses}}
+    training = {"steps_run": result.steps_run, "examples": result.examples, "seconds": round(result.seconds, 2),
+                "resumed_from": result.resumed_from, "last_losses": result.last_losses}
+    if result.steps_run == 0 and result.resumed_from is not None and chief:
+        training = noop_resume(model_dir, result.step, training)
+    summary = {"step": result.step, "mode": m.mode, "training": training}
     evaluation = None
     if validation and chief:
-        started = time.time()
-        evaluation = evaluate_model(loop.model, validation, max_batches=t.eval_batches)
+        if latest_evaluation.get("step") != result.step:  # else: evaluated at this very step already
+            evaluate_validation(loop.model, result.step)
+        evaluation = dict(latest_evaluation["result"])
         loop.log(result.step, flatten(evaluation, prefix="eval"))
-        summary["validation"] = {"data": validation, "seconds": round(time.time() - started, 2), **evaluation}
+        skipped["validation"] = corrupt.report(evaluation.pop("skipped"), log, "validation: ")
+        summary["validation"] = {"data": validation, "seconds": round(latest_evaluation["seconds"], 2), **evaluation}
         log(f"\nvalidation ({validation}):\n{metrics_table(evaluation)}")
+    summary["skipped"] = skipped
     if chief:
         write_json_atomic(os.path.join(model_dir, METRICS_FILE), summary)
     loop.barrier()  # the other workers wait for the chief's evaluation: all leave together
     return TrainResult(model_dir, result.step, result.steps_run, result.examples, result.seconds,
-                       result.resumed_from, result.last_losses, summary.get("validation"), summary)
+                       result.resumed_from, result.last_losses, summary.get("validation"), summary, skipped)
+
+
+def noop_resume(model_dir: str, step: int, this_call: dict) -> dict:
+    """The "training" figures of metrics.json for a call that resumed a finished run (trained nothing): those of
+    the call that trained to `step` (from MODEL_DIR/metrics.json), with `noop_resumes` counting such calls.
+    Without that summary (a job killed after its last checkpoint, before writing it): this call's figures."""
+    path = os.path.join(model_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return {**this_call, "noop_resumes": 1}
+    previous = read_json(path, ModelDirError, "`prerank train`")
+    training = previous.get("training") if isinstance(previous, dict) else None
+    if not isinstance(training, dict) or not isinstance(previous.get("step"), int):
+        raise ModelDirError(f"{path}: expected a JSON object with an integer 'step' and a 'training' object (the "
+                            "summary `prerank train` writes); move it away to record this call's figures instead")
+    if previous["step"] != step:
+        return {**this_call, "noop_resumes": 1}
+    return {**training, "noop_resumes": int(training.get("noop_resumes", 0)) + 1}
 
 
 def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = None, sampled: tuple[int, ...] = (0,),
              items: str | list[str] | None = None, batch_size: int = 2048, max_batches: int | None = None,
-             seed: int = 0, log: Log = print) -> dict:
+             seed: int = 0, skip_corrupt: bool = False, log: Log = print) -> dict:
     """Evaluate the latest checkpoint of `model_dir` and write MODEL_DIR/evaluation.json; the result.
 
     Args:
@@ -162,18 +225,25 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
       batch_size: rows per evaluation batch.
       max_batches: evaluate on at most this many batches.
       seed: seed of the sampled items.
+      skip_corrupt: skip and count corrupt records instead of failing (logged per file, and recorded in the
+        result's "skipped": {"evaluation": [...], "catalog": [...]}).
       log: where progress lines go.
     """
     spec = as_spec(spec)
     data = resolve_data(data, spec, "eval", purpose="evaluation data")
+    config, _ = trained_checkpoint(model_dir)  # a trained model directory, before reading any data
+    skipped: dict[str, list[dict]] = {}
     catalog = None
     if any(sampled):
         items_from = items or spec.data.train or data
-        id_feature = recorded_config(model_dir).model.student.dual_augmented.item_feature
-        catalog = build_catalog(spec, items_from, id_feature)
+        id_feature = config.model.student.dual_augmented.item_feature
+        catalog = build_catalog(spec, items_from, id_feature, skip_corrupt=skip_corrupt)
+        skipped["catalog"] = corrupt.report(catalog.skipped, log, "catalog: ")
         log(f"item table: {catalog.size} items from {items_from}")
-    model = load_trained(spec, model_dir, data, catalog)
-    result = evaluate_model(model, data, batch_size, max_batches, tuple(sampled), seed=seed)
-    result = {"data": data, "checkpoint": model.checkpoint_path, **result}
+    model = load_trained(spec, model_dir, data, catalog, skip_corrupt=skip_corrupt)
+    result = evaluate_model(model, data, batch_size, max_batches, tuple(sampled), seed=seed,
+                            skip_corrupt=skip_corrupt)
+    skipped["evaluation"] = corrupt.report(result.pop("skipped"), log, "evaluation: ")
+    result = {"data": data, "checkpoint": model.checkpoint_path, **result, "skipped": skipped}
     write_json_atomic(os.path.join(model_dir, EVALUATION_FILE), result)
     return result

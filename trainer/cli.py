@@ -66,11 +66,14 @@ def _convert_kuairand(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
+    from trainer.data import corrupt
     from trainer.data.splits import resolve_data
     from trainer.preprocessing.analyze import analyze
     from trainer.spec.loader import load_spec
     spec = load_spec(args.spec)
-    fitted = analyze(spec, resolve_data(args.data, spec, "train", purpose="data to analyze"))
+    fitted = analyze(spec, resolve_data(args.data, spec, "train", purpose="data to analyze"),
+                     skip_corrupt=args.skip_corrupt)
+    corrupt.report(fitted.skipped, print)  # preprocessing.json records them too
     path = fitted.save(args.out)
     for table, ids in fitted.vocabularies.items():
         print(f"vocabulary {table}: {len(ids)} ids")
@@ -93,7 +96,7 @@ def _inspect(args: argparse.Namespace) -> None:
         print(batch_table(batch))
         break
     for s in pipeline.skipped:
-        print(f"skipped: {s}")
+        print(s)
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -122,7 +125,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from trainer.training.layout import EVALUATION_FILE
     sampled = tuple(int(k) for k in args.sampled.split(",")) if args.sampled else (0,)
     result = evaluate(args.spec, args.model_dir, args.data, sampled, args.items, args.batch_size, args.max_batches,
-                      args.seed)
+                      args.seed, skip_corrupt=args.skip_corrupt)
     print(f"{result['data']} ({result['rows']} rows), {result['checkpoint']}:\n{metrics_table(result)}\n"
           f"-> {os.path.join(args.model_dir, EVALUATION_FILE)}")
 
@@ -178,6 +181,13 @@ def _embed_items(args: argparse.Namespace) -> None:
 
 # ---- the parser ----
 
+def add_skip_corrupt(parser: argparse.ArgumentParser) -> None:
+    """--skip-corrupt, the same for every command that reads data."""
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="skip corrupt records instead of failing, printing how many per file (train, analyze "
+                             "and evaluate also record them in their JSON output)")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `prerank train` (and `python -m trainer.task`)."""
     parser.add_argument("spec", help="feature spec YAML (its model: / training: sections configure the job)")
@@ -188,7 +198,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set training.max_steps=100 (repeatable)")
     parser.add_argument("--data", help="training files glob (default: the spec's data.train)")
     parser.add_argument("--validation", help="validation files glob (default: the spec's data.validation)")
-    parser.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records")
+    add_skip_corrupt(parser)
     parser.add_argument("--refit", action="store_true", help="fit the preprocessing again even if saved")
 
 
@@ -215,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--data", help="files glob (default: the spec's data.train)")
     p.add_argument("--out", required=True, help="folder for preprocessing.json and vocab/")
+    add_skip_corrupt(p)
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("inspect", help="run the input pipeline and print one batch")
@@ -222,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="files glob (default: the spec's data.train)")
     p.add_argument("--format", choices=("tfrecord", "csv"), help="default: the spec's data.format")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--skip-corrupt", action="store_true")
+    add_skip_corrupt(p)
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("synth", help="generate synthetic data from a spec")
@@ -248,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--max-batches", type=int, help="evaluate on at most this many batches")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled items")
+    add_skip_corrupt(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="PNG plots of training curves, lambda, AUCs, consistency and sparsity")
