@@ -169,6 +169,8 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_lik
     out = finish(start(train_args(job, victim), str(tmp_path / "resumed.log")), str(tmp_path / "resumed.log"), ref)
     assert f"resuming from {os.path.join(victim, 'checkpoints', f'ckpt-{killed_at}')}" in out
     finish(ref, str(tmp_path / "reference.log"))
+    # The killed job had logged steps past its checkpoint; resumed, it logged them again, once.
+    assert history_steps(victim) == history_steps(reference) == list(range(2, FULL_STEPS + 1, 2))
 
     whole, resumed = metrics(reference), metrics(victim)
     assert whole["step"] == resumed["step"] == FULL_STEPS  # the data's end, both times
