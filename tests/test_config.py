@@ -209,6 +209,9 @@ def test_config_changes_list_what_differs_except_resumable_keys():
 
 
 def test_run_record_fills_knobs_added_since_with_their_defaults(tmp_path):
+    import tensorflow as tf
+
+    from trainer.training.layout import checkpoint_dir
     from trainer.training.run_record import check_or_record
     spec = load_spec(write(tmp_path, SPEC))
     model_dir = str(tmp_path / "model")
@@ -220,7 +223,9 @@ def test_run_record_fills_knobs_added_since_with_their_defaults(tmp_path):
     del recorded["config"]["training"]["deterministic"]  # as written before the knob existed
     with open(path, "w") as fh:
         json.dump(recorded, fh)
-    assert check_or_record(model_dir, spec, config) is True  # its default: no change
+    assert check_or_record(model_dir, spec, config) is False  # its default: no change (and no checkpoint yet)
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), checkpoint_dir(model_dir), 1).save()
+    assert check_or_record(model_dir, spec, config) is True  # trained: it resumes, and refuses changes
     with pytest.raises(ConfigError) as info:
         check_or_record(model_dir, spec, load_config(spec, None, ["training.deterministic=true"]))
     assert "config: training.deterministic: false -> true" in str(info.value)
@@ -245,6 +250,6 @@ def test_prerank_train_prints_config_errors_and_exits_2(tmp_path, capsys, monkey
         f"config error: {path}:{LINE['item_tower']}: model.student.item_tower: the towers' last sizes must match "
         "(the vectors are compared): user tower ends with 16, item tower with 8"]
     assert not os.path.exists(model_dir)  # nothing written for a bad config
-    monkeypatch.setenv("TF_CONFIG", "{cluster: 1}")
-    assert main(["train", path, "--model-dir", model_dir, "--data", "unused*"]) == 2
+    monkeypatch.setenv("TF_CONFIG", "{cluster: 1}")  # read once the spec and config are known to be good
+    assert main(["train", write(tmp_path, SPEC), "--model-dir", model_dir, "--data", "unused*"]) == 2
     assert capsys.readouterr().err.startswith("config error: TF_CONFIG: not valid JSON: ")

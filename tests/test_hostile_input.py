@@ -193,7 +193,7 @@ features:
   - {name: user_id, kind: categorical, side: user, dtype: int64, vocabulary: {source: data}, embedding: {dim: 4}}
   - {name: hist, kind: sequence, side: user, dtype: int64, max_length: 3, vocabulary: {source: data},
      embedding: {table: item, dim: 4}}
-  - {name: tags, kind: sequence, side: item, dtype: string, max_length: 3, vocabulary: {source: hash, buckets: 9},
+  - {name: tags, kind: sequence, side: item, dtype: string, max_length: 3, vocabulary: {source: hash, buckets: 2},
      embedding: {dim: 4}}
   - {name: item_id, kind: categorical, side: item, dtype: int64, vocabulary: {source: data},
      embedding: {table: item, dim: 4}, default: -1}
@@ -241,3 +241,15 @@ def test_an_empty_string_inside_a_string_sequence_is_refused(tmp_path):
         read_all(spec, path, "tfrecord")
     assert str(info.value).startswith(f"{path}#1: empty string in sequence column 'tags' (read by feature 'tags'): "
                                       "the empty string pads sequences at serving, so it cannot be an id")
+
+
+def test_a_fitted_vocabulary_too_big_for_one_machine_is_refused_after_the_fit(tmp_path):
+    spec_path = write(tmp_path / "ids.yaml", ID_SPEC)
+    data = str(tmp_path / "good.tfrecord")
+    write_tfrecord(data, id_columns(), range(4), "none")
+    message = refused("train", spec_path, "--model-dir", str(tmp_path / "model"), "--data", data,
+                      "--set", "training.max_table_gb=0.0000002")  # 200 bytes: 5 user rows of dim 4 take 240
+    assert f"{spec_path}: training.max_table_gb: table 'user_id' (feature 'user_id' of {spec_path}) " \
+           "has 5 rows of dim 4: 2.4e-07 GB to train with FTRL's two slots, more than training.max_table_gb = 2e-07" \
+           in message
+    assert not os.path.exists(tmp_path / "model" / "checkpoints")

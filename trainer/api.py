@@ -36,12 +36,13 @@ from trainer.data.catalog import build_catalog
 from trainer.data.splits import resolve_data
 from trainer.evaluation.evaluate import evaluate_model, flatten
 from trainer.evaluation.summary import metrics_table
-from trainer.errors import ModelDirError
+from trainer.errors import ConfigError, ModelDirError, SpecIssue
 from trainer.files import read_json, write_json_atomic
 from trainer.models.joint import JointModel
 from trainer.preprocessing.analyze import analyze
 from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
 from trainer.spec.loader import as_spec
+from trainer.spec.table_size import oversized_tables
 from trainer.spec.types import Spec
 from trainer.training.distribution import is_chief, strategy_from_env
 from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
@@ -139,6 +140,9 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         skipped["fit"] = fitted.skipped
     log(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
         f"fitted on {fitted.rows} rows")
+    oversized = oversized_tables(spec, t.max_table_gb, {n: len(ids) for n, ids in fitted.vocabularies.items()})
+    if oversized:  # tables of fitted vocabularies: their size is known only now
+        raise ConfigError([SpecIssue(spec.path, None, "training.max_table_gb", message) for message in oversized])
     catalog = None
     if m.distill.cascade.enabled and m.distill.cascade.unexposed > 0:
         catalog = build_catalog(spec, data, m.student.dual_augmented.item_feature, skip_corrupt=skip_corrupt)

@@ -40,8 +40,13 @@ def oversized_tables(spec: Spec, limit_gb: float, fitted_sizes: dict[str, int] |
         if rows is None or training_bytes(rows, table.dim) <= limit_gb * GB:
             continue
         out.append(f"table '{name}' (feature {', '.join(repr(f) for f in table.features)} of {spec.path}) has "
-                   f"{rows:,} rows of dim {table.dim}: {training_bytes(rows, table.dim) / GB:,.1f} GB to train "
+                   f"{rows:,} rows of dim {table.dim}: {_gb(training_bytes(rows, table.dim))} GB to train "
                    f"with FTRL's two slots, more than training.max_table_gb = {limit_gb:g}; use fewer rows "
                    "(buckets, max_size) or a smaller dim, or raise training.max_table_gb for a machine or "
                    "parameter servers that hold it")
     return out
+
+
+def _gb(size: int) -> str:
+    gb = size / GB
+    return f"{gb:,.1f}" if gb >= 0.1 else f"{gb:.2g}"
