@@ -16,7 +16,8 @@ if [ ! -f out/kuairand/tfrecord/.complete ]; then
 fi
 prerank validate "$SPEC"
 MODEL_DIR=${MODEL_DIR:-runs/kuairand}
-prerank train "$SPEC" --model-dir "$MODEL_DIR"      # resumes if MODEL_DIR already holds a checkpoint
+# 04-29, the spec's validation day for tuning runs, is a training day here: no in-sample "validation"
+prerank train "$SPEC" --model-dir "$MODEL_DIR" --no-validation   # resumes if MODEL_DIR holds a checkpoint
 prerank evaluate "$SPEC" --model-dir "$MODEL_DIR" --sampled 0,10,50
 prerank report --model-dir "$MODEL_DIR"
 EXPORT_BASE=${EXPORT_BASE:-exports/kuairand}

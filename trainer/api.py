@@ -33,7 +33,8 @@ from trainer.config.knobs import Config
 from trainer.config.loader import load_config, validate_config
 from trainer.data import corrupt
 from trainer.data.catalog import build_catalog
-from trainer.data.splits import resolve_data
+from trainer.data.pipeline import resolve_files
+from trainer.data.splits import IN_SAMPLE_KEY, in_sample_note, resolve_data, shared_files
 from trainer.evaluation.evaluate import evaluate_model, flatten
 from trainer.evaluation.summary import metrics_table
 from trainer.errors import ConfigError, ModelDirError, SpecIssue
@@ -101,7 +102,7 @@ def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refi
 
 
 def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | list[str] | None = None,
-          validation: str | list[str] | None = None, strategy: tf.distribute.Strategy | None = None,
+          validation: str | list[str] | bool | None = None, strategy: tf.distribute.Strategy | None = None,
           skip_corrupt: bool = False, refit: bool = False, log: Log = print) -> TrainResult:
     """Train (or resume training) the model of `model_dir`.
 
@@ -111,7 +112,9 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         built in Python gets the checks of one read from YAML (ConfigError naming the field).
       model_dir: where preprocessing, checkpoints and logs go; the same call resumes a killed job.
       data: the training files (globs); default: the spec's data.train.
-      validation: files evaluated at training.eval_every and at the end; default: the spec's data.validation.
+      validation: files evaluated at training.eval_every and at the end; default: the spec's data.validation;
+        False: none. Validation files that are also training files are reported, and their figures marked
+        in-sample (metrics.json validation.in_sample, history key eval/in_sample, the report's AUC plot).
       strategy: a tf.distribute strategy; default: the one TF_CONFIG selects (create it before other TensorFlow
         work in a multi-worker job).
       skip_corrupt: skip and count corrupt records instead of failing, in every read of the job (the fit, the
@@ -125,8 +128,15 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     config = validate_config(config, spec) if config is not None else load_config(spec)
     t, m = config.training, config.model
     data = resolve_data(data, spec, "train", purpose="training data")
-    validation = validation or spec.data.validation
+    validation = None if validation is False else (validation or spec.data.validation)
     chief = is_chief(strategy)  # the only worker that writes into MODEL_DIR
+    training_files = resolve_files(data)  # a glob that matches nothing fails here, before anything is trained
+    validation_files = resolve_files(validation) if validation else []
+    shared = shared_files(training_files, validation_files)
+    in_sample = {"shared_files": len(shared), "validation_files": len(validation_files)} if shared else None
+    if shared and chief:
+        log(f"warning: {in_sample_note(shared, validation_files)}")
+    marker = {IN_SAMPLE_KEY: 1.0} if in_sample else {}
     resumed = check_or_record(model_dir, spec, config, record=chief, log=log)
     if refit and resumed:
         log(f"note: --refit ignored: {model_dir} holds checkpoints trained with its preprocessing")
@@ -165,7 +175,7 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         return result
 
     def on_evaluate(model: JointModel, step: int) -> dict:
-        return flatten(evaluate_validation(model, step), prefix="eval") if validation else {}
+        return {**flatten(evaluate_validation(model, step), prefix="eval"), **marker} if validation else {}
 
     steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
     loop = Loop(spec, config, model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate, skip_corrupt)
@@ -186,10 +196,12 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         if latest_evaluation.get("step") != result.step:  # else: evaluated at this very step already
             evaluate_validation(loop.model, result.step)
         evaluation = dict(latest_evaluation["result"])
-        loop.log(result.step, flatten(evaluation, prefix="eval"))
+        loop.log(result.step, {**flatten(evaluation, prefix="eval"), **marker})
         skipped["validation"] = corrupt.report(evaluation.pop("skipped"), log, "validation: ")
-        summary["validation"] = {"data": validation, "seconds": round(latest_evaluation["seconds"], 2), **evaluation}
-        log(f"\nvalidation ({validation}):\n{metrics_table(evaluation)}")
+        summary["validation"] = {"data": validation, "in_sample": in_sample,
+                                 "seconds": round(latest_evaluation["seconds"], 2), **evaluation}
+        title = "IN-SAMPLE validation (its files are training files)" if in_sample else "validation"
+        log(f"\n{title} ({validation}):\n{metrics_table(evaluation)}")
     summary["skipped"] = skipped
     if chief:
         write_json_atomic(os.path.join(model_dir, METRICS_FILE), summary)

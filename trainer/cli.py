@@ -115,7 +115,8 @@ def _train(args: argparse.Namespace) -> None:
     from trainer.training.distribution import strategy_from_env
     strategy = strategy_from_env()  # before other TensorFlow work: a multi-worker strategy must exist first
     from trainer.api import train
-    train(spec, config, args.model_dir, data=args.data, validation=args.validation, strategy=strategy,
+    validation = False if args.no_validation else args.validation
+    train(spec, config, args.model_dir, data=args.data, validation=validation, strategy=strategy,
           skip_corrupt=args.skip_corrupt, refit=args.refit)
 
 
@@ -197,7 +198,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set training.max_steps=100 (repeatable)")
     parser.add_argument("--data", help="training files glob (default: the spec's data.train)")
-    parser.add_argument("--validation", help="validation files glob (default: the spec's data.validation)")
+    held_out = parser.add_mutually_exclusive_group()
+    held_out.add_argument("--validation", help="validation files glob (default: the spec's data.validation); files "
+                                               "that are also training files are reported and marked in-sample")
+    held_out.add_argument("--no-validation", action="store_true",
+                          help="no validation during or after training (e.g. when the spec's validation split is "
+                               "one of the training days)")
     add_skip_corrupt(parser)
     parser.add_argument("--refit", action="store_true", help="fit the preprocessing again even if saved")
 

@@ -1,4 +1,7 @@
-"""Which files a command reads: the files given on its command line, or a split named in the spec's `data:`."""
+"""Which files a command reads: the files given on its command line, or a split named in the spec's `data:`;
+and whether a validation split is held out of the training files."""
+import os
+
 from trainer.errors import ConfigError
 from trainer.spec.types import Spec
 
@@ -23,3 +26,19 @@ def resolve_data(given: str | list[str] | None, spec: Spec, *splits: str, purpos
             return found
     options = " or ".join(f"data.{s}" for s in splits)
     raise ConfigError.single(spec.path, "data", f"no {purpose}: give {flag} or set {options} in the spec")
+
+
+IN_SAMPLE_KEY = "eval/in_sample"  # logged beside the evaluation metrics of a validation that shares training files
+
+
+def shared_files(training: list[str], validation: list[str]) -> list[str]:
+    """The validation files that are also training files (compared by real path): evaluating them is in-sample."""
+    trained = {os.path.realpath(f) for f in training}
+    return [f for f in validation if os.path.realpath(f) in trained]
+
+
+def in_sample_note(shared: list[str], validation: list[str]) -> str:
+    """The warning a job prints when its validation files are training files."""
+    return (f"{len(shared)} of the {len(validation)} validation file(s) are also training files (first: {shared[0]}):"
+            " the validation figures are IN-SAMPLE, not a validation. Hold the validation files out of --data, or "
+            "train with --no-validation")

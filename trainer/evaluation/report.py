@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from trainer.data.splits import IN_SAMPLE_KEY
 from trainer.errors import ModelDirError
 from trainer.files import atomic_write
 from trainer.training.layout import EVALUATION_FILE, HISTORY_FILE, REPORT_DIR
@@ -110,10 +111,12 @@ def write_report(model_dir: str, out_dir: str | None = None) -> list[str]:
     eval_keys = _keys(history, lambda k: k.startswith("eval/") and k.rsplit("/", 1)[-1] in ("auc", "gauc"))
     loss_keys = _keys(history, lambda k: k.startswith("loss/"))
     table_keys = _keys(history, lambda k: k.startswith("zero_rows/"))
+    in_sample = any(IN_SAMPLE_KEY in row for row in history.values())
+    auc_title = "Evaluation AUC / GAUC" + (" (IN-SAMPLE: the validation files are training files)" if in_sample else "")
     plots = [  # all data is read (and evaluation.json validated) before anything is drawn
         ("losses.png", "Training losses", "step", "loss", _series(history, loss_keys)),
         ("lambda.png", "Distillation weight λ", "step", "λ", _series(history, ["lambda"])),
-        ("auc.png", "Evaluation AUC / GAUC", "step", "AUC",
+        ("auc.png", auc_title, "step", "AUC",
          _series(history, eval_keys, lambda k: k.removeprefix("eval/").replace("/", " "))),
         ("consistency.png", "Teacher/student consistency", "sampled items", "share",
          _consistency_series(metrics_path) if os.path.isfile(metrics_path) else {}),

@@ -1,0 +1,39 @@
+"""Honest validation: a validation split that shares files with the training data is reported when the job
+starts and its figures are marked in-sample (metrics.json, the history, the report); a glob that matches
+nothing fails before anything is trained."""
+import json
+import os
+
+from conftest import KUAIRAND_SPEC
+from trainer.cli import main
+from trainer.data.splits import IN_SAMPLE_KEY, shared_files
+
+
+def test_validation_on_training_files_is_marked_in_sample(trained_small):
+    model_dir, data = trained_small  # the fixture validates on its own training files, on purpose
+    with open(os.path.join(model_dir, "metrics.json")) as fh:
+        validation = json.load(fh)["validation"]
+    files = len([f for f in os.listdir(os.path.dirname(os.path.dirname(data))) if f.startswith("date=")])
+    assert validation["in_sample"] == {"shared_files": files, "validation_files": files}
+    with open(os.path.join(model_dir, "history.jsonl")) as fh:
+        rows = [json.loads(line) for line in fh]
+    evaluated = [row for row in rows if "eval/student/auc" in row]
+    assert evaluated and all(row[IN_SAMPLE_KEY] == 1.0 for row in evaluated)
+
+
+def test_shared_files_compares_real_paths(tmp_path):
+    a, b = tmp_path / "a.tfrecord", tmp_path / "b.tfrecord"
+    a.write_text(""), b.write_text("")
+    link = tmp_path / "link.tfrecord"
+    link.symlink_to(a)
+    assert shared_files([str(a)], [str(link), str(b)]) == [str(link)]
+    assert shared_files([str(a)], [str(b)]) == []
+
+
+def test_a_glob_matching_nothing_fails_before_training(trained_small, tmp_path, capsys):
+    _, data = trained_small
+    model_dir = str(tmp_path / "model")
+    for flags in (["--data", str(tmp_path / "nothing*")], ["--data", data, "--validation", str(tmp_path / "nope*")]):
+        assert main(["train", KUAIRAND_SPEC, "--model-dir", model_dir, *flags]) == 2
+        assert f"data error: no files match {tmp_path}" in capsys.readouterr().err
+        assert not os.path.exists(model_dir)
