@@ -2,8 +2,8 @@
 
 Inputs are the spec's raw columns, named as in the data (derived from the
 spec, never listed): ids as int64 or string, numbers as float32, sequences as
-[B, L] padded with -1 (int ids) or "" (string ids), vectors as [B, dim]. All
-preprocessing (vocabularies, hashing, crosses, bucketizing, normalisation)
+[B, L] right-padded with -1 (int ids) or "" (string ids), vectors as [B, dim].
+All preprocessing (vocabularies, hashing, crosses, bucketizing, normalisation)
 runs inside the graph. Signatures:
 
 - user_embedding: user + context columns [B] -> user_vector [B, d], logit_bias [B]
@@ -14,16 +14,46 @@ runs inside the graph. Signatures:
 - fine_rank: every feature column [B] -> each task's prediction and fused_score [B]
 
 logit = user_vector . item_vector + logit_bias; score = sigmoid(logit).
+
+What a signature refuses (`input_checks`, checked in the graph before the
+model reads anything): a shape other than [B] / [B, L] / [B, dim]; columns of
+one request with different numbers of rows (prerank: user and context columns
+with other than exactly 1 row); NaN or inf in a float32 column; a negative
+int64 id, except a scalar column's declared negative `default` (e.g. -1) and
+the -1 padding of sequences; a sequence row with padding before an id (left
+padding, a hole). The message names the column and what was expected:
+"prerank: column watch_seq: sequences are right-padded with -1: row 3 has
+padding before an id".
+
+What TF Serving returns then: the assertion fails the run with TensorFlow's
+INVALID_ARGUMENT status, which TF Serving passes on as is: gRPC status
+INVALID_ARGUMENT (code 3) with the message as details; REST status 400
+(`ToHTTPStatusCode` in tensorflow_serving/model_servers/http_server.cc maps
+INVALID_ARGUMENT to BAD_REQUEST) and the body {"error": "<message>"} (every
+REST error, per the RESTful API guide, tensorflow.org/tfx/serving/api_rest),
+the message being "assertion failed: [<ours>]" plus TensorFlow's node names.
+TF Serving itself checks only the input names ("input size does not match
+signature: ... Sent extra: {...}. Missing but required: {...}.", predict_util.cc)
+and dtypes ("Expects arg[0] to be int64 but int32 is provided"), both
+INVALID_ARGUMENT; it does not compare shapes with the signature's
+(tensorflow/serving#1436: "Modelserver does not do any input shape verification
+while handling a predict request"), hence the shape rules here. Python callers
+go through `requests.call_signature`, which checks names, dtypes and shapes
+before the call and turns a refusal into a DataError.
 """
 import numpy as np
 import tensorflow as tf
 
+from serving.savedmodel.input_checks import RowGroup, checked_inputs
 from trainer.data.records import PAD_ID, PAD_STRING
 from trainer.errors import ExportError
 from trainer.models.joint import JointModel
 from trainer.spec.columns import RawColumn, raw_columns
 from trainer.spec.sides import side_columns
 from trainer.spec.types import Spec
+
+
+PRERANK_USER_ROWS = "prerank scores one user, so user and context columns hold exactly 1 row"
 
 
 def input_columns(spec: Spec, role: str) -> list[RawColumn]:
@@ -48,14 +78,16 @@ def tower_columns(spec: Spec) -> tuple[list[RawColumn], list[RawColumn]]:
     return user, item
 
 
-def tensor_spec(column: RawColumn, batch: int | None = None) -> tf.TensorSpec:
-    """The input signature of one raw column ([B], [B, None] sequences, [B, dim] vectors)."""
+def tensor_spec(column: RawColumn) -> tf.TensorSpec:
+    """The input signature of one raw column ([B], [B, None] sequences, [B, dim] vectors). Every batch
+    dimension is None, prerank's user columns too: its one-user rule is checked in the graph, with a message
+    naming the column (`input_checks`)."""
     dtype = tf.as_dtype(column.dtype)
     if column.shape == "list":
-        return tf.TensorSpec([batch, None], dtype, name=column.name)
+        return tf.TensorSpec([None, None], dtype, name=column.name)
     if column.shape == "vector":
-        return tf.TensorSpec([batch, column.length], dtype, name=column.name)
-    return tf.TensorSpec([batch], dtype, name=column.name)
+        return tf.TensorSpec([None, column.length], dtype, name=column.name)
+    return tf.TensorSpec([None], dtype, name=column.name)
 
 
 def serving_inputs(features: dict, columns: list[RawColumn], rows: slice = slice(None)) -> dict[str, np.ndarray]:
@@ -74,45 +106,59 @@ def _prediction(logit: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 class ServingModule(tf.Module):
-    """The signatures of a (pruned) JointModel, with the variables and lookup tables they read."""
+    """The signatures of a (pruned) JointModel, with the variables and lookup tables they read.
 
-    def __init__(self, model: JointModel):
+    Args:
+      model: the model to serve.
+      input_checks: check every request in the graph (`input_checks`). Only the serving benchmark turns
+        them off, to measure what they cost; an export always has them.
+    """
+
+    def __init__(self, model: JointModel, input_checks: bool = True):
         super().__init__(name="prerank")
         spec = model.spec
         self.model_variables = list(model.variables)
         self.lookup_tables = [m.lookup_table for m in model.submodules if hasattr(m, "lookup_table")]
         self.functions: dict[str, tf.types.experimental.ConcreteFunction] = {}
-        everything = [tensor_spec(c) for c in input_columns(spec, "all")]
-        fine_rank = tf.function(lambda **cols: fine_rank_outputs(model, cols))
-        self.functions["fine_rank"] = fine_rank.get_concrete_function(**{s.name: s for s in everything})
+        self.row_rules: dict[str, str] = {}  # signature -> how many rows its columns hold, in words
+
+        def signature(name: str, outputs, groups: list[RowGroup]) -> None:
+            """Trace `outputs(cols)` as signature `name` over the groups' columns, checked first."""
+            def fn(**cols):
+                return outputs(checked_inputs(name, groups, cols) if input_checks else cols)
+            specs = [tensor_spec(c) for g in groups for c in g.columns]
+            self.row_rules[name] = "; ".join(g.holds for g in groups)
+            self.functions[name] = tf.function(fn).get_concrete_function(**{s.name: s for s in specs})
+
+        everything = tuple(input_columns(spec, "all"))
+        signature("fine_rank", lambda cols: fine_rank_outputs(model, cols),
+                  [RowGroup(everything, "every column holds one row per example")])
         if not model.has_student:
             self.functions["serving_default"] = self.functions["fine_rank"]
+            self.row_rules["serving_default"] = self.row_rules["fine_rank"]
             return
-        user, item = tower_columns(spec)
-        user_specs, item_specs = [tensor_spec(c) for c in user], [tensor_spec(c) for c in item]
+        user, item = (tuple(side) for side in tower_columns(spec))
         bias = model.similarity.bias
 
-        def user_embedding(**cols):
+        def user_embedding(cols):
             u = model.user_vector(cols)
             return {"user_vector": u, "logit_bias": tf.fill([tf.shape(u)[0]], bias)}
 
-        def prerank(**cols):
+        def prerank(cols):
             u = model.user_vector({c.name: cols[c.name] for c in user})  # [1, d]: the user tower runs once
             v = model.item_vector({c.name: cols[c.name] for c in item})  # [N, d]
             return _prediction(model.similarity.logit(u, v))
 
-        def pairwise(**cols):
-            return _prediction(model.similarity.logit(model.user_vector(cols), model.item_vector(cols)))
-
-        functions = {
-            "user_embedding": (user_embedding, user_specs),
-            "item_embedding": (lambda **cols: {"item_vector": model.item_vector(cols)}, item_specs),
-            "prerank": (prerank, [tensor_spec(c, 1) for c in user] + item_specs),
-            "pairwise": (pairwise, user_specs + item_specs),
-        }
-        for name, (fn, specs) in functions.items():
-            self.functions[name] = tf.function(fn).get_concrete_function(**{s.name: s for s in specs})
+        signature("user_embedding", user_embedding, [RowGroup(user, "user and context columns hold one row per user")])
+        signature("item_embedding", lambda cols: {"item_vector": model.item_vector(cols)},
+                  [RowGroup(item, "item columns hold one row per item")])
+        signature("prerank", prerank, [RowGroup(user, PRERANK_USER_ROWS, rows=1),
+                                       RowGroup(item, "item columns hold one row per candidate")])
+        signature("pairwise", lambda cols: _prediction(model.similarity.logit(model.user_vector(cols),
+                                                                              model.item_vector(cols))),
+                  [RowGroup(user + item, "user, context and item columns hold one row per pair")])
         self.functions["serving_default"] = self.functions["prerank"]
+        self.row_rules["serving_default"] = self.row_rules["prerank"]
 
 
 def fine_rank_outputs(model: JointModel, cols: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
