@@ -115,8 +115,9 @@ def test_every_signature_matches_the_in_memory_model(exported_small, trained_sma
     assert np.max(np.abs(prerank["logit"] - (v @ u[0] + bias))) <= 1e-5
     default = loaded.signatures["serving_default"]
     assert set(default.structured_input_signature[1]) == set(loaded.signatures["prerank"].structured_input_signature[1])
-    with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)):  # prerank takes one user
-        inputs = signature_inputs(spec, "pairwise", features, 2)
+    inputs = signature_inputs(spec, "pairwise", features, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"prerank: column \w+ has 2 rows; prerank scores one "
+                                                             r"user, so user and context columns hold exactly 1 row"):
         loaded.signatures["prerank"](**{k: tf.constant(v) for k, v in inputs.items()})
 
 
@@ -142,7 +143,10 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
     data = kuairand_heldout  # 04-30: held out from training
     assert main(["verify-export", os.path.dirname(result.path), "--data", data, "--batches", "2"]) == 0
     out = capsys.readouterr().out
-    assert "signature_def['prerank']:" in out and "watch_seq: int64 (-1, -1)" in out
+    assert "signature_def['prerank']:\n  rows: prerank scores one user, so user and context columns hold exactly 1 " \
+           "row; item columns hold one row per candidate" in out
+    assert "watch_seq: int64 (-1, -1)  ids >= 0, right-padded with -1" in out  # the rule each input keeps
+    assert "music_type: int64 (-1)  ids >= 0 or -1 (the declared default)" in out
     assert "warmup requests run: fine_rank x1, item_embedding x1, pairwise x1, prerank x1, user_embedding x1" in out
     assert f"{result.path}: verified" in out
     manifest_path = os.path.join(result.path, MANIFEST)

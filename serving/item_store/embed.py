@@ -8,11 +8,11 @@ vectors of two versions; a killed run resumes from its last whole part.
 import os
 from dataclasses import dataclass
 
-import tensorflow as tf
 from tqdm import tqdm
 
 from serving.item_store.writer import StoreWriter
-from serving.savedmodel.layout import read_manifest, resolve_version_dir
+from serving.savedmodel.opening import open_export
+from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import input_columns, serving_inputs
 from trainer.data.catalog import ItemCatalog, build_catalog
 from trainer.data.splits import resolve_data
@@ -40,7 +40,8 @@ def embed_catalog(item_embedding, spec: Spec, catalog: ItemCatalog, writer: Stor
             rows = slice(offset, min(offset + batch_size, catalog.size))
             chunk = {c.name: catalog.columns[c.name][rows] for c in columns}
             inputs = serving_inputs(chunk, columns)
-            vectors = item_embedding(**{k: tf.constant(v) for k, v in inputs.items()})["item_vector"].numpy()
+            where = f"item_embedding on catalog items {rows.start}..{rows.stop - 1}"
+            vectors = call_signature(item_embedding, inputs, where)["item_vector"]
             writer.write(catalog.ids[rows], vectors, offset=offset)
             bar.update(rows.stop - rows.start)
 
@@ -49,12 +50,11 @@ def embed_items(export_path: str, store_dir: str, data: str | list[str] | None =
                 progress: bool = True) -> EmbeddedItems:
     """Embed the catalog of `data` (default: the spec's train and eval files) with the export at
     `export_path` (a version directory or a base directory: its newest version) into `store_dir`."""
-    export_dir = resolve_version_dir(export_path)
-    manifest = read_manifest(export_dir)
+    opened = open_export(export_path)  # a garbled or foreign export is refused before the store is touched
+    export_dir, manifest, loaded = opened.path, opened.manifest, opened.loaded
     spec = load_spec(manifest["spec"])
     data = data or [p for p in (spec.data.train, spec.data.eval) if p] \
         or resolve_data(None, spec, "train", "eval", purpose="data to build the item table from")
-    loaded = tf.saved_model.load(export_dir)
     if "item_embedding" not in loaded.signatures:
         raise ExportError(f"{export_dir}: the export has no item_embedding signature (a teacher-only model?)")
     item_embedding = loaded.signatures["item_embedding"]

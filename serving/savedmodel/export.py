@@ -19,8 +19,9 @@ import tensorflow as tf
 
 from serving.savedmodel.layout import MANIFEST, MODEL_NAME, directory_bytes, versions
 from serving.savedmodel.prune import TablePruning, prune_model
-from serving.savedmodel.signatures import ServingModule
-from serving.savedmodel.warmup import write_warmup
+from serving.savedmodel.input_checks import input_rule
+from serving.savedmodel.signatures import ServingModule, input_columns
+from serving.savedmodel.warmup import replay_warmup, write_warmup
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.data.splits import resolve_data
@@ -91,12 +92,15 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         batch = next(iter(make_pipeline(spec, sample_data, InputConfig(batch_size=64, shuffle_buffer=0))))
         names = [n for n in module.functions if n != "serving_default"]
         write_warmup(temp, spec, names, batch["features"], MODEL_NAME)
+        replay_warmup(module.functions, temp)  # TF Serving would refuse to load a version whose warmup fails
         after = directory_bytes(os.path.join(temp, "variables"))
         manifest = {
             "version": version, "model_name": MODEL_NAME, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
             "spec": os.path.abspath(spec.path), "spec_fingerprint": spec.fingerprint, "warmup_data": sample_data,
             "signatures": sorted(module.functions), "pruned": prune,
+            "input_rules": {c.name: input_rule(c) for c in input_columns(spec, "all")},
+            "row_rules": module.row_rules,
             "pruning": [p.as_dict() for p in pruning],
             "variables_bytes": {"before": before, "after": after}}
         atomic_write(os.path.join(temp, MANIFEST), json.dumps(manifest, indent=2) + "\n")

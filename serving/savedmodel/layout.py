@@ -25,8 +25,20 @@ def versions(base_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(base_dir) if n.isdigit() and os.path.isdir(os.path.join(base_dir, n)))
 
 
+EXPECTED = "an export version (a directory with saved_model.pb and variables/) or a base directory of integer versions"
+MANIFEST_MAX_BYTES = 1 << 20  # `prerank export` writes a few KB
+# what prerank reads from a manifest: key -> its JSON type(s)
+MANIFEST_FIELDS = {"version": int, "spec": str, "spec_fingerprint": str, "model_dir": str, "checkpoint": str,
+                   "pruned": bool, "signatures": list, "warmup_data": (str, list)}
+
+
 def resolve_version_dir(path: str) -> str:
-    """`path` itself if it is a SavedModel, else its newest integer version."""
+    """`path` itself if it is a SavedModel, else its newest integer version; an ExportError naming `path`
+    and what was expected if it is neither (or does not exist)."""
+    if not os.path.exists(path):
+        raise ExportError(f"{path}: no such file or directory; expected {EXPECTED}")
+    if not os.path.isdir(path):
+        raise ExportError(f"{path}: a file, not a directory; expected {EXPECTED}")
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
     found = versions(path)
@@ -37,12 +49,36 @@ def resolve_version_dir(path: str) -> str:
 
 
 def read_manifest(export_dir: str) -> dict:
-    """The `prerank_export.json` of an export version."""
+    """The `prerank_export.json` of an export version, checked: an ExportError naming the file if it is
+    missing, unreadable, not JSON, or lacks a field prerank reads (or holds one of another type)."""
     path = os.path.join(export_dir, MANIFEST)
     if not os.path.exists(path):
         raise ExportError(f"{export_dir}: no {MANIFEST}; was it written by `prerank export`?")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    what = "expected the JSON manifest `prerank export` writes"
+    try:
+        if os.path.getsize(path) > MANIFEST_MAX_BYTES:
+            raise ExportError(f"{path}: {os.path.getsize(path):,} bytes, more than a manifest's "
+                              f"{MANIFEST_MAX_BYTES:,}; {what}")
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: json.JSONDecodeError
+        raise ExportError(f"{path}: unreadable ({e}); {what}") from None
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{path}: a JSON {type(manifest).__name__}; {what} (an object)")
+    problems = []
+    for key, kind in MANIFEST_FIELDS.items():
+        value = manifest.get(key)
+        if key not in manifest:
+            problems.append(f"no '{key}'")
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            problems.append(f"'{key}' is {json.dumps(value)[:40]}")
+    if problems:
+        raise ExportError(f"{path}: {', '.join(problems)}; {what} (with {', '.join(MANIFEST_FIELDS)})")
+    name = os.path.basename(os.path.normpath(export_dir))
+    if name.isdigit() and int(name) != manifest["version"]:
+        raise ExportError(f"{path}: records version {manifest['version']} but lies in version directory "
+                          f"{name}, which TF Serving serves as version {name}; was the directory renamed or copied?")
+    return manifest
 
 
 def directory_bytes(path: str) -> int:

@@ -1,21 +1,26 @@
 """`prerank verify-export`: check an export the way TF Serving would use it.
 
-Loads the SavedModel with `tf.saved_model.load`, lists its signatures (as
-`saved_model_cli show --all` does), runs every warmup request through its
-signature, and compares every signature's outputs with the trained model's
-on a sample of evaluation data. The reference is the trained checkpoint with
-never-updated rows set to zero (the export's treatment of never-seen ids), so
-any difference is an export error.
+Reads the manifest and loads the SavedModel (`opening.open_export`: a missing,
+garbled or foreign file is an ExportError naming it), lists its signatures (as
+`saved_model_cli show --all` does, with the rule each input's values keep),
+runs every warmup request through its signature (each signature must have
+one, and none may be refused), and compares every signature's outputs with the
+trained model's on a sample of evaluation data. The reference is the trained
+checkpoint with never-updated rows set to zero (the export's treatment of
+never-seen ids), so any difference is an export error. Every call goes through
+`requests.call_signature`.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
-from serving.savedmodel.layout import read_manifest, resolve_version_dir
+from serving.savedmodel.layout import resolve_version_dir
+from serving.savedmodel.opening import open_export
 from serving.savedmodel.prune import zero_never_updated
+from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import fine_rank_outputs
-from serving.savedmodel.warmup import read_warmup, signature_inputs
+from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.errors import ExportError
@@ -39,15 +44,21 @@ class Verification:
         return all(d <= TOLERANCE for d in self.max_diff.values())
 
 
-def describe_signatures(loaded) -> str:
-    """Signatures with input and output names, dtypes and shapes."""
+def describe_signatures(loaded, manifest: dict | None = None) -> str:
+    """Signatures with input and output names, dtypes and shapes, and the rules the export's manifest
+    records (how many rows a signature's columns hold; the values each input takes), which its in-graph
+    checks enforce."""
+    rules, rows = (manifest or {}).get("input_rules", {}), (manifest or {}).get("row_rules", {})
     lines = []
     for name in sorted(loaded.signatures):
         fn = loaded.signatures[name]
         lines.append(f"signature_def['{name}']:")
+        if name in rows:
+            lines.append(f"  rows: {rows[name]}")
         lines.append("  inputs:")
         for key, spec in sorted(fn.structured_input_signature[1].items()):
-            lines.append(f"    {key}: {spec.dtype.name} {_shape(spec.shape)}")
+            rule = f"  {rules[key]}" if key in rules else ""
+            lines.append(f"    {key}: {spec.dtype.name} {_shape(spec.shape)}{rule}")
         lines.append("  outputs:")
         for key, spec in sorted(fn.structured_outputs.items()):
             lines.append(f"    {key}: {spec.dtype.name} {_shape(spec.shape)}")
@@ -56,21 +67,6 @@ def describe_signatures(loaded) -> str:
 
 def _shape(shape: tf.TensorShape) -> str:
     return "(" + ", ".join("-1" if d is None else str(d) for d in shape.as_list()) + ")"
-
-
-def run_warmup(loaded, export_dir: str) -> dict[str, int]:
-    """Run each warmup request through its signature; fail on a missing signature or a non-finite output."""
-    counts: dict[str, int] = {}
-    for request in read_warmup(export_dir):
-        name = request.model_spec.signature_name or "serving_default"
-        if name not in loaded.signatures:
-            raise ExportError(f"{export_dir}: a warmup request names signature '{name}', which the export lacks")
-        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
-        for key, value in loaded.signatures[name](**inputs).items():
-            if not np.all(np.isfinite(value.numpy())):
-                raise ExportError(f"{export_dir}: warmup request of '{name}': output '{key}' is not finite")
-        counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def reference_outputs(model, signature: str, features: dict, candidates: int) -> dict[str, np.ndarray]:
@@ -95,10 +91,11 @@ def reference_outputs(model, signature: str, features: dict, candidates: int) ->
 def verify_export(path: str, data: str | None = None, batches: int = 4, batch_size: int = 256) -> Verification:
     """Verify the export at `path` (a version directory, or a base directory: its newest version)."""
     export_dir = resolve_version_dir(path)
-    loaded = tf.saved_model.load(export_dir)
-    result = Verification(export_dir, describe_signatures(loaded))
-    result.warmup = run_warmup(loaded, export_dir)
-    manifest = read_manifest(export_dir)
+    requests = read_warmup(export_dir)  # before the SavedModel: a garbled small file is named at once
+    opened = open_export(export_dir)
+    manifest, loaded = opened.manifest, opened.loaded
+    result = Verification(export_dir, describe_signatures(loaded, manifest))
+    result.warmup = replay_warmup(loaded.signatures, export_dir, requests)
     spec = load_spec(manifest["spec"])
     if spec.fingerprint != manifest["spec_fingerprint"]:
         raise ExportError(f"{manifest['spec']} changed since the export (fingerprint {spec.fingerprint}, "
@@ -117,10 +114,10 @@ def verify_export(path: str, data: str | None = None, batches: int = 4, batch_si
         result.rows += n
         for name in names:
             inputs = signature_inputs(spec, name, features, n)
-            got = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+            got = call_signature(loaded.signatures[name], inputs, f"{export_dir}: {name} on batch {i} of {data}")
             want = reference_outputs(model, name, features, n)
             for key, value in want.items():
-                diff = float(np.max(np.abs(got[key].numpy() - value))) if value.size else 0.0
+                diff = float(np.max(np.abs(got[key] - value))) if value.size else 0.0
                 label = f"{name}/{key}"
                 result.max_diff[label] = max(result.max_diff.get(label, 0.0), diff)
     return result
