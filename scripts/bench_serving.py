@@ -3,19 +3,22 @@
 1. `prerank` (one user, N candidates, user tower once) against `pairwise` (the user's features repeated N
    times) for N = 100, 1,000, 5,000: p50 / p99 per call and the ratios.
 2. One user's vector: the SavedModel's `user_embedding` against ONNX Runtime's user tower.
+3. What the signatures' input checks cost: each signature with and without them, p50 / p99.
 Needs an export and an ONNX export of the same model (scripts/demo.sh makes both):
 
     .venv/bin/python scripts/bench_serving.py --export exports/kuairand --onnx exports/kuairand-onnx/1
 """
 import argparse
 import os
+import tempfile
 
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 import onnxruntime as ort
 import tensorflow as tf
 
-from benchmarks.serving_bench import prerank_table, prerank_vs_pairwise, user_vector_saved_model_vs_onnx
-from serving.savedmodel.layout import read_manifest, resolve_version_dir
+from benchmarks.serving_bench import (check_cost_table, input_check_cost, prerank_table, prerank_vs_pairwise,
+                                      user_vector_saved_model_vs_onnx)
+from serving.savedmodel.opening import open_export
 from serving.savedmodel.prune import prune_model
 from trainer.data.catalog import build_catalog
 from trainer.data.input_config import InputConfig
@@ -36,11 +39,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="TF and ONNX Runtime intra-op threads")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    export_dir = resolve_version_dir(args.export)
-    manifest = read_manifest(export_dir)
+    opened = open_export(args.export)
+    export_dir, manifest, loaded = opened.path, opened.manifest, opened.loaded
     spec = load_spec(manifest["spec"])
     data = spec.data.eval or manifest["warmup_data"]
-    loaded = tf.saved_model.load(export_dir)
     features = next(iter(make_pipeline(spec, data, InputConfig(batch_size=8, shuffle_buffer=0))))["features"]
     catalog = build_catalog(spec, [p for p in (spec.data.train, spec.data.eval) if p])
     sizes = tuple(int(n) for n in args.sizes.split(","))
@@ -65,6 +67,10 @@ def main() -> None:
         print(f"{name:<52}{lat.p50:>8.3f}{lat.p99:>8.3f}")
     print(f"SavedModel / ONNX Runtime: p50 {u.saved_model.p50 / u.onnx.p50:.1f}x, "
           f"p99 {u.saved_model.p99 / u.onnx.p99:.1f}x; max |diff| {u.max_diff:.2g}")
+    batch = next(iter(make_pipeline(spec, data, InputConfig(batch_size=256, shuffle_buffer=0))))["features"]
+    print("\n3. the signatures' input checks: with and without, both saved and loaded (calls alternating)")
+    with tempfile.TemporaryDirectory() as workdir:
+        print(check_cost_table(input_check_cost(model, spec, batch, catalog, sizes, args.reps, workdir)))
 
 
 if __name__ == "__main__":

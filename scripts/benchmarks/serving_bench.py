@@ -5,8 +5,13 @@
   features repeated N times, the user tower N times).
 - user vector: the SavedModel's `user_embedding` (raw features, preprocessing in
   the graph) against ONNX Runtime's user tower (integer ids computed beforehand).
-Inputs are real rows; latencies are per call, in milliseconds.
+- input checks: every signature with its in-graph input checks
+  (`serving.savedmodel.input_checks`) against the same signature built without
+  them, both saved and loaded as TF Serving would load them, calls alternating.
+Inputs are real rows, checked once by `serving.savedmodel.requests.check_inputs`
+(the timed calls take the checked tensors); latencies are per call, in milliseconds.
 """
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from serving.onnx.inputs import onnx_feeds
-from serving.savedmodel.signatures import input_columns, serving_inputs
+from serving.savedmodel.export import save_module
+from serving.savedmodel.requests import check_inputs
+from serving.savedmodel.signatures import ServingModule, input_columns, serving_inputs
+from serving.savedmodel.warmup import signature_inputs
+from trainer.models.joint import JointModel
 from trainer.data.catalog import ItemCatalog
 from trainer.spec.types import Spec
 
@@ -38,6 +47,20 @@ def measure(call: Callable[[], object], reps: int, warmup: int = 5) -> Latency:
     return Latency(float(np.percentile(times, 50)), float(np.percentile(times, 99)))
 
 
+def measure_pair(a: Callable[[], object], b: Callable[[], object], reps: int,
+                 warmup: int = 5) -> tuple[Latency, Latency]:
+    """p50 / p99 of `a` and of `b`, their calls alternating (a, b, b, a, ...) so both see the same load."""
+    for _ in range(warmup):
+        a(), b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(reps):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            start = time.perf_counter()
+            (a, b)[k]()
+            times[k].append((time.perf_counter() - start) * 1000)
+    return tuple(Latency(float(np.percentile(t, 50)), float(np.percentile(t, 99))) for t in times)
+
+
 def candidate_inputs(spec: Spec, catalog: ItemCatalog, n: int, seed: int = 0) -> dict[str, tf.Tensor]:
     """Item columns of `n` catalog items (sampled with replacement when the catalog is smaller)."""
     rng = np.random.default_rng(seed)
@@ -45,6 +68,10 @@ def candidate_inputs(spec: Spec, catalog: ItemCatalog, n: int, seed: int = 0) ->
     columns = input_columns(spec, "item")
     picked = {c.name: tf.gather(catalog.columns[c.name], rows) for c in columns}
     return {k: tf.constant(v) for k, v in serving_inputs(picked, columns).items()}
+
+
+def _call(signature, inputs: dict[str, tf.Tensor]) -> Callable[[], object]:
+    return lambda: signature(**inputs)
 
 
 def user_inputs(spec: Spec, features: dict, row: int = 0) -> dict[str, tf.Tensor]:
@@ -69,10 +96,10 @@ def prerank_vs_pairwise(loaded, spec: Spec, features: dict, catalog: ItemCatalog
     for n in sizes:
         items = candidate_inputs(spec, catalog, n)
         repeated = {k: tf.repeat(v, n, axis=0) for k, v in user.items()}
-        a = prerank(**user, **items)["logit"].numpy()
-        b = pairwise(**repeated, **items)["logit"].numpy()
-        rows.append(PrerankRow(n, measure(lambda: prerank(**user, **items), reps),
-                               measure(lambda: pairwise(**repeated, **items), reps),
+        one = check_inputs(prerank, {**user, **items}, f"benchmark prerank ({n} items)")
+        pairs = check_inputs(pairwise, {**repeated, **items}, f"benchmark pairwise ({n} pairs)")
+        a, b = prerank(**one)["logit"].numpy(), pairwise(**pairs)["logit"].numpy()
+        rows.append(PrerankRow(n, measure(_call(prerank, one), reps), measure(_call(pairwise, pairs), reps),
                                float(np.max(np.abs(a - b)))))
     return rows
 
@@ -95,11 +122,56 @@ class UserVectorRow:
 
 def user_vector_saved_model_vs_onnx(loaded, model, session, spec: Spec, features: dict, reps: int) -> UserVectorRow:
     """One user's vector: the SavedModel signature against ONNX Runtime (ids precomputed)."""
-    user = user_inputs(spec, features)
     row = {k: v[:1] for k, v in features.items()}
     feeds = onnx_feeds(model, row, "user")
     signature = loaded.signatures["user_embedding"]
+    user = check_inputs(signature, user_inputs(spec, features), "benchmark user_embedding")
     a = signature(**user)["user_vector"].numpy()
     b = session.run(None, feeds)[0]
     return UserVectorRow(measure(lambda: signature(**user), reps), measure(lambda: session.run(None, feeds), reps),
                          float(np.max(np.abs(a - b))))
+
+
+@dataclass(frozen=True)
+class CheckCostRow:
+    signature: str
+    rows: str  # e.g. "1 user + 1000 items"
+    checked: Latency
+    unchecked: Latency
+
+
+def input_check_cost(model: JointModel, spec: Spec, features: dict, catalog: ItemCatalog, sizes: tuple[int, ...],
+                     reps: int, workdir: str) -> list[CheckCostRow]:
+    """Every signature with and without its input checks, on the same inputs; `model` is the export's
+    (pruned) model. Both SavedModels are written under `workdir` and loaded back."""
+    loaded = {}
+    for checks in (True, False):
+        path = os.path.join(workdir, "checked" if checks else "unchecked")
+        save_module(ServingModule(model, input_checks=checks), path)
+        loaded[checks] = tf.saved_model.load(path)
+    user = user_inputs(spec, features)
+    cases = [("user_embedding", "1 user", user)]
+    batch = int(tf.shape(features[input_columns(spec, "all")[0].name])[0])
+    cases.append(("fine_rank", f"{batch} rows", signature_inputs(spec, "fine_rank", features, batch)))
+    for n in sizes:
+        items = candidate_inputs(spec, catalog, n)
+        cases.append(("item_embedding", f"{n} items", items))
+        cases.append(("prerank", f"1 user + {n} items", {**user, **items}))
+        cases.append(("pairwise", f"{n} pairs", {**{k: tf.repeat(v, n, axis=0) for k, v in user.items()}, **items}))
+    rows = []
+    for name, label, inputs in cases:
+        on, off = loaded[True].signatures[name], loaded[False].signatures[name]
+        tensors = check_inputs(on, inputs, f"benchmark {name} ({label})")
+        checked, unchecked = measure_pair(_call(on, tensors), _call(off, tensors), reps)
+        rows.append(CheckCostRow(name, label, checked, unchecked))
+    return rows
+
+
+def check_cost_table(rows: list[CheckCostRow]) -> str:
+    lines = [f"{'signature':<16}{'rows':<22}{'checked p50':>12}{'p99':>8}{'unchecked p50':>15}{'p99':>8}"
+             f"{'p50 cost':>10}{'p99 cost':>10}"]
+    for r in rows:
+        lines.append(f"{r.signature:<16}{r.rows:<22}{r.checked.p50:>12.3f}{r.checked.p99:>8.3f}"
+                     f"{r.unchecked.p50:>15.3f}{r.unchecked.p99:>8.3f}"
+                     f"{r.checked.p50 - r.unchecked.p50:>+10.3f}{r.checked.p99 - r.unchecked.p99:>+10.3f}")
+    return "\n".join(lines)
