@@ -15,13 +15,14 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from conftest import REPO
+from serving.item_store.writer import StoreWriter
 from serving.savedmodel.layout import MANIFEST, WARMUP_FILE
 from serving.savedmodel.requests import call_signature, check_inputs
 from serving.savedmodel.warmup import predict_request, read_warmup, request_inputs, signature_inputs
 from trainer.cli import main
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
-from trainer.errors import DataError
+from trainer.errors import DataError, ExportError
 
 pytestmark = pytest.mark.slow  # the shared trained model and export
 
@@ -258,3 +259,11 @@ def test_a_random_saved_model_pb_is_refused_by_the_commands_without_hanging(expo
     assert done.stderr.count(message) == 2, done.stderr[-3000:]
     assert "expected the SavedModel `prerank export` writes" in done.stderr
     assert snapshot(str(tmp_path / "foreign")) == before and not store.exists()
+
+
+def test_an_item_store_path_that_is_a_file_is_named(tmp_path):
+    path = tmp_path / "store"
+    path.write_text("not a store")
+    with pytest.raises(ExportError, match=f"{path}: a file, not a directory; expected an item vector store"):
+        StoreWriter(path, 1, dim=4, id_dtype="int64", export_dir=str(tmp_path))
+    assert path.read_text() == "not a store"

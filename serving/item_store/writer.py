@@ -99,6 +99,9 @@ class StoreWriter:
         was started with other settings.
         """
         self.store_dir = Path(store_dir)
+        if self.store_dir.exists() and not self.store_dir.is_dir():
+            raise ExportError(f"{self.store_dir}: a file, not a directory; expected an item vector store "
+                              "directory (or a path to create one at)")
         self.model_version = check_version(model_version)
         self.final_dir = self.store_dir / str(self.model_version)
         self.partial_dir = self.store_dir / f"{PARTIAL_PREFIX}{self.model_version}"
