@@ -210,6 +210,10 @@ def test_damaged_or_foreign_model_directory_files_are_named(trained, shards, tmp
                          (["report", "--model-dir", model_dir], "no such directory")):
         assert main([missing if arg == model_dir else arg for arg in command]) == 2
         assert f"model directory error: {missing}: not a trained model directory ({why})" in capsys.readouterr().err
+    fresh_base = str(tmp_path / "fresh_export")
+    assert main([fresh_base if arg == str(tmp_path / "export") else missing if arg == model_dir else arg
+                 for arg in export]) == 2
+    assert not os.path.exists(fresh_base)  # refused before the export base is created
 
     # The training job, as run in production (a process of its own), on a damaged checkpoint: a message and
     # exit 2 within the timeout, no traceback.

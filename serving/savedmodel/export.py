@@ -29,7 +29,7 @@ from trainer.errors import ConfigError, ExportError
 from trainer.files import atomic_write, publish_directory, remove_stale_temporaries, temporary_for
 from trainer.spec.loader import as_spec
 from trainer.spec.types import Spec
-from trainer.training.trained import load_trained
+from trainer.training.trained import load_trained, trained_checkpoint
 
 
 @dataclass
@@ -64,6 +64,7 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
       log: where progress lines go.
     """
     spec = as_spec(spec)
+    trained_checkpoint(model_dir)  # an untrained or damaged model directory is refused before BASE is created
     os.makedirs(base_dir, exist_ok=True)
     remove_stale_temporaries(base_dir)
     existing = versions(base_dir)
