@@ -64,15 +64,15 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
       log: where progress lines go.
     """
     spec = as_spec(spec)
+    if version is not None and version <= 0:
+        raise ConfigError.single("--version", "", f"expected a positive integer (TF Serving's versions), "
+                                 f"got {version}")
     trained_checkpoint(model_dir)  # an untrained or damaged model directory is refused before BASE is created
     os.makedirs(base_dir, exist_ok=True)
     remove_stale_temporaries(base_dir)
     existing = versions(base_dir)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
     final = os.path.join(base_dir, str(version))
-    if version <= 0:
-        raise ConfigError.single("--version", "", f"expected a positive integer (TF Serving's versions), "
-                                 f"got {version}")
     if os.path.exists(final):
         raise ExportError(f"{final} already exists: a version is never overwritten; choose another --version "
                           f"(existing: {existing})")
