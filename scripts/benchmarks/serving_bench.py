@@ -27,6 +27,7 @@ from serving.savedmodel.warmup import signature_inputs
 from trainer.models.joint import JointModel
 from trainer.data.catalog import ItemCatalog
 from trainer.spec.types import Spec
+from trainer.tables import text_table
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,8 @@ def input_check_cost(model: JointModel, spec: Spec, features: dict, catalog: Ite
 
 
 def check_cost_table(rows: list[CheckCostRow]) -> str:
-    lines = [f"{'signature':<16}{'rows':<22}{'checked p50':>12}{'p99':>8}{'unchecked p50':>15}{'p99':>8}"
-             f"{'p50 cost':>10}{'p99 cost':>10}"]
-    for r in rows:
-        lines.append(f"{r.signature:<16}{r.rows:<22}{r.checked.p50:>12.3f}{r.checked.p99:>8.3f}"
-                     f"{r.unchecked.p50:>15.3f}{r.unchecked.p99:>8.3f}"
-                     f"{r.checked.p50 - r.unchecked.p50:>+10.3f}{r.checked.p99 - r.unchecked.p99:>+10.3f}")
-    return "\n".join(lines)
+    """Each signature's p50 / p99 with and without its input checks, and what the checks add."""
+    return text_table(["signature", "rows", "checked p50", "p99", "unchecked p50", "p99", "p50 cost", "p99 cost"],
+                      [[r.signature, r.rows, f"{r.checked.p50:.3f}", f"{r.checked.p99:.3f}", f"{r.unchecked.p50:.3f}",
+                        f"{r.unchecked.p99:.3f}", f"{r.checked.p50 - r.unchecked.p50:+.3f}",
+                        f"{r.checked.p99 - r.unchecked.p99:+.3f}"] for r in rows])
