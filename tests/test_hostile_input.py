@@ -253,3 +253,9 @@ def test_a_fitted_vocabulary_too_big_for_one_machine_is_refused_after_the_fit(tm
            "has 5 rows of dim 4: 2.4e-07 GB to train with FTRL's two slots, more than training.max_table_gb = 2e-07" \
            in message
     assert not os.path.exists(tmp_path / "model" / "checkpoints")
+
+
+def test_tensorflow_start_up_lines_stay_off_the_console_unless_verbose(tmp_path):
+    spec = write(tmp_path / "spec.yaml", spec_text("config_test"))
+    output = refused("inspect", spec, "--data", str(tmp_path / "nothing*"))
+    assert output == f"data error: no files match {tmp_path / 'nothing*'}\n"  # no absl, oneDNN or CUDA lines

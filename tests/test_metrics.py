@@ -177,3 +177,22 @@ def test_consistency_collects_agreement_and_recalls():
     assert set(result.recall) == {"recall@2_in_5", "recall@5_in_10"}
     assert result.recall["recall@5_in_10"] == pytest.approx(recall_at_k(teacher, student, groups, 5, 10))
     assert set(consistency(teacher, student, groups).recall) == {"recall@10_in_50", "recall@50_in_100"}
+
+
+def test_an_evaluation_result_is_strict_json_with_undefined_metrics_explained():
+    import json
+
+    from trainer.evaluation.evaluate import strict_result
+    from trainer.evaluation.summary import metrics_table
+    result = strict_result({"teacher": {"click": {"auc": math.nan, "logloss": 0.5}},
+                            "student": {"task": "click", "auc": 0.7, "gauc": math.nan, "logloss": 0.6},
+                            "consistency": {"by_k": [{"sampled": 0, "groups": 3, "pairwise_agreement": 0.8,
+                                                      "recall@10_in_30": math.nan}]}})
+    json.dumps(result, allow_nan=False)  # strict: raises on a NaN
+    assert result["teacher"]["click"]["auc"] is None and result["consistency"]["by_k"][0]["recall@10_in_30"] is None
+    assert result["undefined"] == {"teacher/click/auc": "the rows hold one class only",
+                                   "student/gauc": "no group holds both classes",
+                                   "consistency/by_k/sampled0/recall@10_in_30": "no group larger than 30 candidates"}
+    table = metrics_table(result)
+    assert "auc n/a  logloss 0.5000" in table
+    assert "n/a consistency/by_k/sampled0/recall@10_in_30: no group larger than 30 candidates" in table

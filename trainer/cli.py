@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO/WARNING lines off the console
@@ -20,6 +21,34 @@ import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
 from trainer.errors import ExportError, IssuesError, PrerankError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
+NO_TENSORFLOW = ("validate", "report")  # commands that never import TensorFlow (train imports it itself)
+
+
+def import_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow (and probe its devices) with its start-up lines kept off the console.
+
+    On TF 2.21 environment variables do not silence them all (the absl, oneDNN and cudart_stub / cuInit lines
+    are written to file descriptor 2 by C++), so descriptor 2 is pointed at a scratch file meanwhile; what it
+    caught is replayed if the import fails. `verbose`: import plainly, every line shown.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()  # the CUDA probe: before any strategy or context exists
+        except BaseException:
+            os.dup2(saved, 2)
+            caught.seek(0)
+            sys.stderr.write(caught.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def report_error(exc: PrerankError) -> None:
@@ -112,6 +141,7 @@ def _train(args: argparse.Namespace) -> None:
     from trainer.spec.loader import load_spec
     spec = load_spec(args.spec)  # first, without TensorFlow: a bad spec or config is refused in a blink
     config = load_config(spec, args.config, args.set)
+    import_tensorflow(getattr(args, "verbose", False))
     from trainer.training.distribution import strategy_from_env
     strategy = strategy_from_env()  # before other TensorFlow work: a multi-worker strategy must exist first
     from trainer.api import train
@@ -210,6 +240,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prerank", description="Pre-ranking training framework.")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up lines (CUDA probing, "
+                                                               "oneDNN, absl), hidden by default")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="validate a spec (and its config) and print its summary table (exit 2 on "
@@ -309,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in NO_TENSORFLOW and args.command != "train":
+        import_tensorflow(args.verbose)
     return run_reporting_errors(lambda: args.func(args))
 
 
@@ -316,6 +350,7 @@ def train_main(argv: list[str] | None = None) -> int:
     """`python -m trainer.task`: the arguments of `prerank train`."""
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description="The training job (prerank train).")
     add_train_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up lines")
     args = parser.parse_args(argv)
     return run_reporting_errors(lambda: _train(args))
 

@@ -5,7 +5,14 @@
 - Consistency, on candidate sets made of each group's exposures plus K items sampled from the item
   table: pairwise order agreement with the teacher's fused score and recall of the teacher's top-k
   in the student's top-k'.
+
+Results are strict JSON: a metric that is undefined on the rows (AUC with one
+class, recall@10_in_30 with no group of more than 30 candidates) is None, and
+`result["undefined"]` says why, keyed by its path (`strict_result`).
 """
+import math
+import re
+
 import numpy as np
 
 from trainer.evaluation import metrics
@@ -64,11 +71,46 @@ def evaluate_model(model, patterns: str | list[str], batch_size: int = 2048, max
                                             skip_corrupt=skip_corrupt)
             by_k.append(consistency(p, k))
         result["consistency"] = {"by_k": by_k}
-    return result
+    return strict_result(result)
+
+
+_UNDEFINED_BECAUSE = {"auc": "the rows hold one class only", "gauc": "no group holds both classes",
+                      "logloss": "no rows", "rmse": "no rows",
+                      "pairwise_agreement": "no group holds two rows the teacher scores differently"}
+
+
+def why_undefined(metric: str) -> str:
+    """Why `metric` (a result key such as auc or recall@10_in_30) can be undefined (NaN) on some rows."""
+    recall = re.fullmatch(r"recall@(\d+)_in_(\d+)", metric)
+    if recall:
+        return f"no group larger than {max(int(recall[1]), int(recall[2]))} candidates"
+    return _UNDEFINED_BECAUSE.get(metric, "undefined on these rows")
+
+
+def strict_result(result: dict) -> dict:
+    """`result` with every NaN metric replaced by None and explained under "undefined" (path -> reason)."""
+    reasons: dict[str, str] = {}
+
+    def walk(node, path: tuple[str, ...]):
+        if isinstance(node, dict):
+            return {k: walk(v, path + (str(k),)) for k, v in node.items()}
+        if isinstance(node, list):  # consistency.by_k: one row per number of sampled items
+            return [walk(v, path + (f"sampled{v['sampled']}" if isinstance(v, dict) and "sampled" in v else str(i),))
+                    for i, v in enumerate(node)]
+        if isinstance(node, float) and math.isnan(node):
+            reasons["/".join(path)] = why_undefined(path[-1])
+            return None
+        return node
+
+    out = walk(result, ())
+    if reasons:
+        out["undefined"] = reasons
+    return out
 
 
 def flatten(result: dict, prefix: str = "eval") -> dict[str, float]:
-    """{'eval/teacher/click/auc': ..., 'eval/student/gauc': ...}: history / TensorBoard scalars."""
+    """{'eval/teacher/click/auc': ..., 'eval/student/gauc': ...}: history / TensorBoard scalars (an undefined
+    metric, None, is left out)."""
     out = {}
     for task, values in result.get("teacher", {}).items():
         out.update({f"{prefix}/teacher/{task}/{k}": v for k, v in values.items()})
@@ -78,4 +120,4 @@ def flatten(result: dict, prefix: str = "eval") -> dict[str, float]:
     for row in result.get("consistency", {}).get("by_k", []):
         out.update({f"{prefix}/consistency/sampled{row['sampled']}/{k}": v for k, v in row.items()
                     if k not in ("sampled", "groups")})
-    return out
+    return {k: v for k, v in out.items() if v is not None}
