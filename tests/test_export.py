@@ -3,6 +3,7 @@ import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,6 +150,12 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
     assert "music_type: int64 (-1)  ids >= 0 or -1 (the declared default)" in out
     assert "warmup requests run: fine_rank x1, item_embedding x1, pairwise x1, prerank x1, user_embedding x1" in out
     assert f"{result.path}: verified" in out
+    # pruning's effect as a metric: the checkpoint as trained (unseen ids read their initial rows) vs the export
+    assert "AUC on the same 512 rows, checkpoint as trained -> export (pruning's effect):" in out
+    for label in ("student click", "teacher click", "teacher long_view", "teacher like"):
+        line = next(line for line in out.splitlines() if line.startswith(f"  {label}: "))
+        trained, served = (float(x) for x in re.findall(r"\d\.\d{4}", line)[:2])
+        assert 0 < trained < 1 and 0 < served < 1 and f"({served - trained:+.4f})" in line, line
     manifest_path = os.path.join(result.path, MANIFEST)
     with open(manifest_path) as fh:
         manifest = json.load(fh)

@@ -190,6 +190,10 @@ def _verify_export(args: argparse.Namespace) -> None:
     print(f"export vs trained model on {result.rows} rows (max |diff|):")
     for key, diff in sorted(result.max_diff.items()):
         print(f"  {key:<32}{diff:.3g}{'' if diff <= TOLERANCE else '  FAIL'}")
+    if result.auc:
+        print(f"AUC on the same {result.rows} rows, checkpoint as trained -> export (pruning's effect):")
+        for label, (trained, served) in result.auc.items():
+            print(f"  {label}: {trained:.4f} -> {served:.4f} ({served - trained:+.4f})")
     if not result.ok:
         raise ExportError(f"{result.path}: outputs differ from the trained model by more than {TOLERANCE}")
     print(f"{result.path}: verified")

@@ -24,6 +24,7 @@ from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inpu
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.errors import ExportError
+from trainer.evaluation import metrics
 from trainer.spec.loader import load_spec
 from trainer.spec.sides import user_columns
 from trainer.training.trained import load_trained
@@ -38,6 +39,9 @@ class Verification:
     warmup: dict[str, int] = field(default_factory=dict)  # signature -> requests run
     max_diff: dict[str, float] = field(default_factory=dict)  # signature/output -> max |export - trained|
     rows: int = 0
+    # "student click" / "teacher click" -> (AUC of the checkpoint as trained, AUC of the export) on the rows:
+    # what pruning (never-updated rows read zeros) changes, as a metric
+    auc: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -102,22 +106,45 @@ def verify_export(path: str, data: str | None = None, batches: int = 4, batch_si
                           f"export {manifest['spec_fingerprint']})")
     data = data or spec.data.eval or manifest["warmup_data"]  # the export's own warmup rows exist in any case
     model = load_trained(spec, manifest["model_dir"], data, checkpoint=manifest["checkpoint"])
-    if manifest["pruned"]:
-        zero_never_updated(model, manifest["checkpoint"])
     names = [n for n in loaded.signatures if n != "serving_default"]
     pipeline = make_pipeline(spec, data, InputConfig(batch_size=batch_size, shuffle_buffer=0))
-    for i, batch in enumerate(pipeline):
-        if i >= batches:
-            break
-        features = batch["features"]
-        n = int(tf.shape(batch["sample_weight"])[0])
+    read = [batch for _, batch in zip(range(batches), pipeline)]
+    scored = [n for n in ("pairwise", "fine_rank") if n in names]
+    as_trained = [{n: reference_outputs(model, n, b["features"], _rows(b)) for n in scored} for b in read]
+    if manifest["pruned"]:  # the reference from here on: never-updated rows read zeros, as in the export
+        zero_never_updated(model, manifest["checkpoint"])
+    exported: list[dict] = []
+    for i, batch in enumerate(read):
+        features, n = batch["features"], _rows(batch)
         result.rows += n
+        exported.append({})
         for name in names:
             inputs = signature_inputs(spec, name, features, n)
             got = call_signature(loaded.signatures[name], inputs, f"{export_dir}: {name} on batch {i} of {data}")
+            exported[-1][name] = got
             want = reference_outputs(model, name, features, n)
             for key, value in want.items():
                 diff = float(np.max(np.abs(got[key] - value))) if value.size else 0.0
                 label = f"{name}/{key}"
                 result.max_diff[label] = max(result.max_diff.get(label, 0.0), diff)
+    result.auc = _aucs(model, read, as_trained, exported)
     return result
+
+
+def _rows(batch: dict) -> int:
+    return int(tf.shape(batch["sample_weight"])[0])
+
+
+def _aucs(model, batches: list[dict], as_trained: list[dict], exported: list[dict]) -> dict[str, tuple[float, float]]:
+    """AUC of the student (pairwise logit) and of each binary teacher task (fine_rank), as trained vs exported."""
+    out = {}
+    labels = {task: np.concatenate([b["labels"][task].numpy() for b in batches]) for task in model.labels}
+    outputs = [("student", model.student_task, "pairwise", "logit")] if model.has_student else []
+    outputs += [("teacher", task, "fine_rank", task) for task, label in model.labels.items() if label.type == "binary"]
+    for who, task, signature, key in outputs:
+        if not batches or signature not in as_trained[0]:
+            continue
+        trained = np.concatenate([np.asarray(b[signature][key]) for b in as_trained])
+        served = np.concatenate([np.asarray(b[signature][key]) for b in exported])
+        out[f"{who} {task}"] = (metrics.auc(labels[task], trained), metrics.auc(labels[task], served))
+    return out
