@@ -53,14 +53,6 @@ class RowGroup:
     rows: int | None = None
 
 
-def negative_default(column: RawColumn) -> int | None:
-    """The negative id a scalar int64 column accepts besides ids >= 0: its declared default, if negative."""
-    if column.dtype == "int64" and column.shape == "scalar" and column.default is not None \
-            and int(column.default) < 0:
-        return int(column.default)
-    return None
-
-
 def input_rule(column: RawColumn) -> str:
     """The rule one column's values keep, in words (the export's manifest and `verify-export` list it)."""
     if column.dtype == "float32":
@@ -70,7 +62,7 @@ def input_rule(column: RawColumn) -> str:
         ids = "ids >= 0, " if column.dtype == "int64" else ""
         return f"{ids}right-padded with {pad}"
     if column.dtype == "int64":
-        default = negative_default(column)
+        default = column.negative_default
         return "ids >= 0" if default is None else f"ids >= 0 or {default} (the declared default)"
     return "any string"
 
@@ -226,7 +218,7 @@ def _scalar_checks(columns: list[RawColumn], cols: dict, shapes: _Shapes, checks
     ids = [c for c in columns if c.shape == "scalar" and c.dtype == "int64"]
     if ids:
         x = laid(ids)
-        allowed = tf.constant([[negative_default(c) or 0] for c in ids], tf.int64)
+        allowed = tf.constant([[c.negative_default or 0] for c in ids], tf.int64)
         bad = tf.logical_and(x < 0, tf.not_equal(x, allowed))
         checks.add(per_column(bad, len(ids)), [
             lambda j=j, c=c, x=x: _row_message(
@@ -236,7 +228,7 @@ def _scalar_checks(columns: list[RawColumn], cols: dict, shapes: _Shapes, checks
 
 
 def _also(column: RawColumn) -> str:
-    default = negative_default(column)
+    default = column.negative_default
     return "" if default is None else f" or {default}, its declared default"
 
 

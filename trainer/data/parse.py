@@ -190,9 +190,9 @@ def _id_checks(columns: dict[str, RawColumn], raw: dict) -> list:
         if col.dtype == "int64":
             ok = value >= 0
             allowed = "ids are >= 0"
-            if col.shape == "scalar" and isinstance(col.default, int) and col.default < 0:
-                ok = tf.logical_or(ok, tf.equal(value, col.default))
-                allowed += f" or the declared default {col.default}"
+            if col.negative_default is not None:
+                ok = tf.logical_or(ok, tf.equal(value, col.negative_default))
+                allowed += f" or the declared default {col.negative_default}"
             shown = value
             if col.shape == "list":
                 ok, shown = tf.reduce_all(ok, axis=1), tf.reduce_min(value, axis=1)

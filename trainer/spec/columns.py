@@ -24,6 +24,14 @@ class RawColumn:
     is_input: bool = True  # False for label / weight / group-only columns
 
     @property
+    def negative_default(self) -> int | None:
+        """The one negative id a scalar int64 column accepts besides ids >= 0: its declared default, if negative
+        (the id rule of `trainer.data.records`); None otherwise."""
+        if self.dtype == "int64" and self.shape == "scalar" and self.default is not None and int(self.default) < 0:
+            return int(self.default)
+        return None
+
+    @property
     def read_by(self) -> str:
         """Who reads the column, for messages: "feature 'a', label 'b'"."""
         return ", ".join(self.users)
