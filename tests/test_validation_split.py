@@ -37,3 +37,23 @@ def test_a_glob_matching_nothing_fails_before_training(trained_small, tmp_path, 
         assert main(["train", KUAIRAND_SPEC, "--model-dir", model_dir, *flags]) == 2
         assert f"data error: no files match {tmp_path}" in capsys.readouterr().err
         assert not os.path.exists(model_dir)
+
+
+def test_no_validation_trains_without_one(tmp_path, capsys):
+    from test_hostile_input import ID_SPEC, id_columns
+    from trainer.data.writers import write_tfrecord
+    spec = tmp_path / "ids.yaml"
+    spec.write_text(ID_SPEC)
+    data = str(tmp_path / "ids.tfrecord")
+    write_tfrecord(data, id_columns(), range(4), "none")
+    model_dir = str(tmp_path / "model")
+    args = ["train", str(spec), "--model-dir", model_dir, "--data", data, "--set", "training.progress=false"]
+    assert main(args + ["--validation", data]) == 0  # the same file: in-sample, and said so
+    out = capsys.readouterr().out
+    assert "validation file(s) are also training files" in out and "IN-SAMPLE validation (" in out
+    with open(os.path.join(model_dir, "metrics.json")) as fh:
+        assert json.load(fh)["validation"]["in_sample"] == {"shared_files": 1, "validation_files": 1}
+    assert main(args + ["--no-validation"]) == 0  # a no-op resume, with no validation at all
+    with open(os.path.join(model_dir, "metrics.json")) as fh:
+        assert "validation" not in json.load(fh)
+    assert "validation (" not in capsys.readouterr().out  # no validation table printed
