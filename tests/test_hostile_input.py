@@ -259,3 +259,37 @@ def test_tensorflow_start_up_lines_stay_off_the_console_unless_verbose(tmp_path)
     spec = write(tmp_path / "spec.yaml", spec_text("config_test"))
     output = refused("inspect", spec, "--data", str(tmp_path / "nothing*"))
     assert output == f"data error: no files match {tmp_path / 'nothing*'}\n"  # no absl, oneDNN or CUDA lines
+
+
+def test_a_gzip_tfrecord_cut_where_tensorflow_reads_it_as_whole_is_found_corrupt(kuairand_slice, tmp_path):
+    """TensorFlow's GZIP reader takes some cut files for whole, shorter ones (no error at all); the scan behind
+    --skip-corrupt and the error messages checks the GZIP stream itself."""
+    import glob
+
+    import tensorflow as tf
+
+    from trainer.data import corrupt
+    from trainer.data.probe import probe_files
+    (source,) = glob.glob(os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz"))[:1]
+    raw = open(source, "rb").read()
+    cut = str(tmp_path / "cut.tfrecord.gz")
+
+    def read_by_tensorflow() -> int | None:
+        """Records TensorFlow reads from `cut`; None if it reports the damage."""
+        try:
+            return sum(int(b.shape[0]) for b in tf.data.TFRecordDataset(cut, compression_type="GZIP").batch(4096))
+        except tf.errors.OpError:
+            return None
+
+    for offset in range(len(raw) // 3, len(raw) // 3 + 20_000, 7):  # about 1 cut in 70 reads as whole
+        with open(cut, "wb") as fh:
+            fh.write(raw[:offset])
+        silently = read_by_tensorflow()
+        if silently is not None:
+            break
+    else:
+        pytest.fail("no cut TensorFlow reads without an error: the reader changed; this test can go")
+    spec = load_spec(os.path.join(REPO, "feature_specs", "kuairand.yaml"))
+    (found,) = corrupt.scan(spec, probe_files(spec, [cut], "tfrecord", "GZIP"), [cut])
+    assert (found.file, found.records, found.readable) == (cut, 1, silently)
+    assert "the GZIP stream ends before its end-of-stream marker (the file was cut short)" in found.detail
