@@ -44,7 +44,7 @@ def main() -> None:
     spec = load_spec(manifest["spec"])
     data = spec.data.eval or manifest["warmup_data"]
     features = next(iter(make_pipeline(spec, data, InputConfig(batch_size=8, shuffle_buffer=0))))["features"]
-    catalog = build_catalog(spec, [p for p in (spec.data.train, spec.data.eval) if p])
+    catalog = build_catalog(spec, every_split(spec, "train", "eval"))
     sizes = tuple(int(n) for n in args.sizes.split(","))
     print(f"export {export_dir}; {catalog.size} catalog items; {args.reps} calls each; "
           f"{args.threads} threads; latencies in ms\n")

@@ -134,8 +134,8 @@ def test_kuairand_labels_and_data(kuairand):
     assert kuairand.name == "kuairand" and kuairand.path == KUAIRAND
     assert re.fullmatch(r"[0-9a-f]{16}", kuairand.fingerprint)
     assert kuairand.data.format == "tfrecord" and kuairand.data.compression == "GZIP"
-    assert kuairand.data.eval == os.path.join(REPO, "out", "kuairand", "tfrecord", "date=20220430",
-                                              "*.tfrecord.gz")
+    assert kuairand.data.eval == (os.path.join(REPO, "out", "kuairand", "tfrecord", "date=20220430",
+                                               "*.tfrecord.gz"),)
 
 
 # ---------------------------------------------------------------- YAML-level problems
@@ -424,3 +424,17 @@ def test_all_problems_reported_at_once(tmp_path):
     assert_issue(err, path, line_of(text, "sample_weight"), "sample_weight", "also a feature column")
     assert len(err.issues) == 6, str(err)
     assert len(str(err).splitlines()) == 6
+
+
+def test_a_split_takes_one_glob_or_a_list_of_globs(tmp_path):
+    def with_data(lines: str) -> str:
+        return edit(BASE, "name: tiny\n", f"name: tiny\ndata:\n{lines}")
+    spec = load_spec(write(tmp_path, with_data("  train: [a/*.gz, ../b/part-*]\n  eval: c.gz\n")))
+    assert spec.data.train == (str(tmp_path / "a" / "*.gz"), str(tmp_path.parent / "b" / "part-*"))
+    assert spec.data.eval == (str(tmp_path / "c.gz"),) and spec.data.validation is None
+    text = with_data("  train: [a/*.gz, 7]\n")
+    err, path = spec_error(tmp_path, text)
+    assert_issue(err, path, line_of(text, "train:"), "data.train[1]", "expected a non-empty glob string, got 7")
+    text = with_data("  validation: []\n")
+    err, path = spec_error(tmp_path, text)
+    assert_issue(err, path, line_of(text, "validation:"), "data.validation", "a non-empty list of globs")

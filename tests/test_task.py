@@ -34,6 +34,25 @@ def test_validate_bad_spec_lists_every_error_and_exits_2(tmp_path, capsys):
     assert f"{bad}:{line['maybe']}: labels[0].type: expected one of binary, regression, got 'maybe'" in err
 
 
+def test_every_files_option_takes_one_or_more_globs():
+    """One form for several files in every command: `--data GLOB [GLOB ...]` (and --validation, --items)."""
+    from trainer.cli import build_parser
+    commands = build_parser()._subparsers._group_actions[0].choices
+    files_options = [(name, action) for name, command in commands.items() for action in command._actions
+                     if set(action.option_strings) & {"--data", "--validation", "--items"}]
+    assert len(files_options) >= 9
+    assert all(action.nargs == "+" and action.metavar == "GLOB" for _, action in files_options), files_options
+
+
+def test_analyze_reads_several_globs_once_each(kuairand_slice, kuairand_heldout, tmp_path, capsys):
+    first, second = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz"), kuairand_heldout
+    rows = {}
+    for name, globs in (("first", [first]), ("second", [second]), ("both", [first, second, first])):
+        assert main(["analyze", SPEC, "--data", *globs, "--out", str(tmp_path / name)]) == 0
+        rows[name] = int(capsys.readouterr().out.rsplit("fitted on ", 1)[1].split()[0])
+    assert rows["both"] == rows["first"] + rows["second"] == 6000  # a file matched twice is read once
+
+
 @pytest.mark.slow
 def test_train_job_fits_preprocessing_trains_and_writes_metrics(trained_small, tmp_path, capsys):
     """The shared model was trained by `prerank train` (one epoch of 3,000 rows, batch 256): what the job wrote,

@@ -157,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     sampled = tuple(int(k) for k in args.sampled.split(",")) if args.sampled else (0,)
     result = evaluate(args.spec, args.model_dir, args.data, sampled, args.items, args.batch_size, args.max_batches,
                       args.seed, skip_corrupt=args.skip_corrupt)
-    print(f"{result['data']} ({result['rows']} rows), {result['checkpoint']}:\n{metrics_table(result)}\n"
+    print(f"{' '.join(result['data'])} ({result['rows']} rows), {result['checkpoint']}:\n{metrics_table(result)}\n"
           f"-> {os.path.join(args.model_dir, EVALUATION_FILE)}")
 
 
@@ -208,13 +208,18 @@ def _onnx(args: argparse.Namespace) -> None:
 
 def _embed_items(args: argparse.Namespace) -> None:
     from serving.item_store.embed import embed_items
-    data = args.data.split(",") if args.data else None
-    result = embed_items(args.export_dir, args.store, data, args.batch_size)
+    result = embed_items(args.export_dir, args.store, args.data, args.batch_size)
     note = f" (resumed at item {result.resumed_from})" if result.resumed_from else ""
     print(f"{result.items} item vectors of model version {result.model_version} -> {result.store_path}{note}")
 
 
 # ---- the parser ----
+
+def add_globs(parser, flag: str, what: str) -> None:
+    """A files option, the same form in every command: one or more globs after the flag (`--data a/*.gz b/*.gz`;
+    quoted globs are expanded by prerank, unquoted ones by the shell: both work)."""
+    parser.add_argument(flag, nargs="+", metavar="GLOB", help=what)
+
 
 def add_skip_corrupt(parser: argparse.ArgumentParser) -> None:
     """--skip-corrupt, the same for every command that reads data."""
@@ -231,10 +236,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                          "file's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set training.max_steps=100 (repeatable)")
-    parser.add_argument("--data", help="training files glob (default: the spec's data.train)")
+    add_globs(parser, "--data", "training files (default: the spec's data.train)")
     held_out = parser.add_mutually_exclusive_group()
-    held_out.add_argument("--validation", help="validation files glob (default: the spec's data.validation); files "
-                                               "that are also training files are reported and marked in-sample")
+    add_globs(held_out, "--validation", "validation files (default: the spec's data.validation); files that are "
+                                        "also training files are reported and marked in-sample")
     held_out.add_argument("--no-validation", action="store_true",
                           help="no validation during or after training (e.g. when the spec's validation split is "
                                "one of the training days)")
@@ -265,14 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="fit vocabularies and normalisation statistics on training data")
     p.add_argument("spec")
-    p.add_argument("--data", help="files glob (default: the spec's data.train)")
+    add_globs(p, "--data", "files to fit on (default: the spec's data.train)")
     p.add_argument("--out", required=True, help="folder for preprocessing.json and vocab/")
     add_skip_corrupt(p)
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("inspect", help="run the input pipeline and print one batch")
     p.add_argument("spec")
-    p.add_argument("--data", help="files glob (default: the spec's data.train)")
+    add_globs(p, "--data", "files to read (default: the spec's data.train)")
     p.add_argument("--format", choices=("tfrecord", "csv"), help="default: the spec's data.format")
     p.add_argument("--batch-size", type=int, default=8)
     add_skip_corrupt(p)
@@ -294,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="teacher / student quality and their consistency on evaluation data")
     p.add_argument("spec")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--data", help="evaluation files glob (default: the spec's data.eval)")
+    add_globs(p, "--data", "evaluation files (default: the spec's data.eval)")
     p.add_argument("--sampled", default="0,10,50",
                    help="comma-separated numbers of items sampled per group for the consistency candidate sets")
-    p.add_argument("--items", help="files to build the item table from (default: the spec's data.train)")
+    add_globs(p, "--items", "files to build the item table from (default: the spec's data.train)")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--max-batches", type=int, help="evaluate on at most this many batches")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled items")
@@ -314,14 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--export-base", required=True, help="TF Serving base path; the version goes in BASE/<version>")
     p.add_argument("--version", type=int, help="integer version (default: the newest in BASE plus one)")
-    p.add_argument("--data", help="rows for the warmup requests (default: the spec's data.eval)")
+    add_globs(p, "--data", "rows for the warmup requests (default: the spec's data.eval)")
     p.add_argument("--no-prune", action="store_true", help="export the tables as trained")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("verify-export", help="load an export as TF Serving would, run its warmup requests and "
                                              "compare it with the trained model")
     p.add_argument("export_dir", help="a version directory, or a base directory (its newest version)")
-    p.add_argument("--data", help="evaluation rows to compare on (default: the spec's data.eval)")
+    add_globs(p, "--data", "evaluation rows to compare on (default: the spec's data.eval)")
     p.add_argument("--batches", type=int, default=4, help="batches of 256 rows to compare on")
     p.set_defaults(func=_verify_export)
 
@@ -330,14 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--out", required=True, help="a new directory for the .onnx files, inputs.json and README.md")
-    p.add_argument("--data", help="rows for the parity check (default: the spec's data.eval)")
+    add_globs(p, "--data", "rows for the parity check (default: the spec's data.eval)")
     p.set_defaults(func=_onnx)
 
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")
     p.add_argument("export_dir", help="a version directory, or a base directory (its newest version)")
     p.add_argument("--store", required=True, help="store directory; vectors go to STORE/<model version>/")
-    p.add_argument("--data", help="comma-separated globs to build the item table from "
-                                  "(default: the spec's data.train and data.eval)")
+    add_globs(p, "--data", "files to build the item table from (default: every split of the spec: data.train, "
+                           "data.validation, data.eval)")
     p.add_argument("--batch-size", type=int, default=4096)
     p.set_defaults(func=_embed_items)
     return parser

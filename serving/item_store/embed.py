@@ -15,7 +15,7 @@ from serving.savedmodel.opening import open_export
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import input_columns, serving_inputs
 from trainer.data.catalog import ItemCatalog, build_catalog
-from trainer.data.splits import resolve_data
+from trainer.data.splits import every_split, resolve_data
 from trainer.errors import ExportError
 from trainer.spec.loader import load_spec
 from trainer.spec.sides import id_feature as item_id_feature
@@ -53,7 +53,7 @@ def embed_items(export_path: str, store_dir: str, data: str | list[str] | None =
     opened = open_export(export_path)  # a garbled or foreign export is refused before the store is touched
     export_dir, manifest, loaded = opened.path, opened.manifest, opened.loaded
     spec = load_spec(manifest["spec"])
-    data = data or [p for p in (spec.data.train, spec.data.eval) if p] \
+    data = data or every_split(spec, "train", "validation", "eval") \
         or resolve_data(None, spec, "train", "eval", purpose="data to build the item table from")
     if "item_embedding" not in loaded.signatures:
         raise ExportError(f"{export_dir}: the export has no item_embedding signature (a teacher-only model?)")

@@ -173,7 +173,7 @@ def parity_failures(parity: dict, tolerance: float = TOLERANCE) -> dict[str, flo
 
 # ---- the export ----
 
-def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | None = None, parity_batches: int = 2,
+def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | list[str] | None = None, parity_batches: int = 2,
                 opset: int = OPSET, tolerance: float = TOLERANCE, log: Callable[[str], None] = print) -> OnnxExport:
     """Export the pruned student of `model_dir` as ONNX into the new directory `out_dir` (all or nothing).
 
@@ -238,7 +238,7 @@ def _write_description(model: JointModel, spec: Spec, model_dir: str, temp: str,
     atomic_write(os.path.join(temp, README), readme(doc))
 
 
-def _parity_batches(spec: Spec, data: str, count: int) -> list[dict]:
+def _parity_batches(spec: Spec, data: list[str], count: int) -> list[dict]:
     config = InputConfig(batch_size=PARITY_BATCH, shuffle_buffer=0, deterministic=True)
     batches = []
     for batch in make_pipeline(spec, data, config):

@@ -1,14 +1,15 @@
 """Which files a command reads: the files given on its command line, or a split named in the spec's `data:`;
 and whether a validation split is held out of the training files."""
 import os
+from collections.abc import Sequence
 
 from trainer.errors import ConfigError
 from trainer.spec.types import Spec
 
 
-def resolve_data(given: str | list[str] | None, spec: Spec, *splits: str, purpose: str,
-                 flag: str = "--data") -> str | list[str]:
-    """`given` if set, else the first of the spec's `data.<split>` globs that is set.
+def resolve_data(given: str | Sequence[str] | None, spec: Spec, *splits: str, purpose: str,
+                 flag: str = "--data") -> list[str]:
+    """The globs `given` if set, else those of the first of the spec's `data.<split>` that is set.
 
     Args:
       given: the files (globs) the caller was given, e.g. a command's --data.
@@ -19,13 +20,18 @@ def resolve_data(given: str | list[str] | None, spec: Spec, *splits: str, purpos
     Raises ConfigError naming the spec, the option and the first split when nothing is set.
     """
     if given:
-        return given
+        return [given] if isinstance(given, str) else list(given)
     for split in splits:
         found = getattr(spec.data, split)
         if found:
-            return found
+            return list(found)
     options = " or ".join(f"data.{s}" for s in splits)
     raise ConfigError.single(spec.path, "data", f"no {purpose}: give {flag} or set {options} in the spec")
+
+
+def every_split(spec: Spec, *splits: str) -> list[str]:
+    """The globs of all of the spec's `data.<split>` that are set, in order (e.g. "train", "eval")."""
+    return [glob for split in splits for glob in getattr(spec.data, split) or ()]
 
 
 IN_SAMPLE_KEY = "eval/in_sample"  # logged beside the evaluation metrics of a validation that shares training files

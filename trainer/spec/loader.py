@@ -34,8 +34,10 @@ _TOP = (
 _DATA = (
     Field("format", (str,), default="tfrecord", choices=FORMATS),
     Field("compression", (str,), default="none", choices=COMPRESSIONS),
-    Field("train", (str,), default=None), Field("validation", (str,), default=None),
-    Field("eval", (str,), default=None), Field("list_delimiter", (str,), default="|"),
+    Field("train", (str, list), default=None, doc="a glob, or a list of globs, of training files"),
+    Field("validation", (str, list), default=None, doc="glob(s) of validation files"),
+    Field("eval", (str, list), default=None, doc="glob(s) of evaluation files"),
+    Field("list_delimiter", (str,), default="|"),
 )
 _FEATURE = (
     Field("name", (str,), required=True, doc="unique feature name"),
@@ -129,10 +131,24 @@ def _read_data(r: Reader, raw: Any, base: str) -> DataSource:
     if delimiter is not None and (not delimiter or delimiter in ',"\n\r'):
         r.error(("data", "list_delimiter"), f"expected a non-empty separator other than a comma, quote or line "
                                             f"break (CSV uses those), got {delimiter!r}")
-    resolve = lambda g: None if g is None else os.path.normpath(os.path.join(base, g))  # noqa: E731
+    splits = {split: _read_globs(r, d[split], ("data", split), base) for split in ("train", "validation", "eval")}
     return DataSource(format=d["format"] or "tfrecord", compression=d["compression"] or "none",
-                      train=resolve(d["train"]), validation=resolve(d["validation"]), eval=resolve(d["eval"]),
-                      list_delimiter=d["list_delimiter"] or "|")
+                      list_delimiter=d["list_delimiter"] or "|", **splits)
+
+
+def _read_globs(r: Reader, raw: Any, path: Path, base: str) -> tuple[str, ...] | None:
+    """A split's files: one glob or a list of globs, each resolved against the spec's folder."""
+    if raw is None:
+        return None
+    globs = [raw] if isinstance(raw, str) else raw
+    if not globs:
+        r.error(path, "expected a glob or a non-empty list of globs, got []")
+        return None
+    for i, glob in enumerate(globs):
+        if not isinstance(glob, str) or not glob.strip():
+            r.error(path + (i,) if isinstance(raw, list) else path, f"expected a non-empty glob string, got {glob!r}")
+            return None
+    return tuple(os.path.normpath(os.path.join(base, g)) for g in globs)
 
 
 def _read_feature(r: Reader, raw: Any, path: Path, base: str) -> Feature | None:

@@ -112,9 +112,9 @@ class DataSource:
 
     format: str = "tfrecord"
     compression: str = "none"
-    train: str | None = None
-    validation: str | None = None
-    eval: str | None = None
+    train: tuple[str, ...] | None = None  # globs (one or more); a file is read once even if several match it
+    validation: tuple[str, ...] | None = None
+    eval: tuple[str, ...] | None = None
     list_delimiter: str = "|"  # csv: separates sequence ids and vector values inside a cell
 
 
