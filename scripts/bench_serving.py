@@ -23,6 +23,7 @@ from serving.savedmodel.prune import prune_model
 from trainer.data.catalog import build_catalog
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
+from trainer.data.splits import every_split
 from trainer.spec import load_spec
 from trainer.training.trained import load_trained
 

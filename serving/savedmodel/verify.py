@@ -92,7 +92,8 @@ def reference_outputs(model, signature: str, features: dict, candidates: int) ->
     return {k: v.numpy() for k, v in fine_rank_outputs(model, rows).items()}
 
 
-def verify_export(path: str, data: str | list[str] | None = None, batches: int = 4, batch_size: int = 256) -> Verification:
+def verify_export(path: str, data: str | list[str] | None = None, batches: int = 4,
+                  batch_size: int = 256) -> Verification:
     """Verify the export at `path` (a version directory, or a base directory: its newest version)."""
     export_dir = resolve_version_dir(path)
     requests = read_warmup(export_dir)  # before the SavedModel: a garbled small file is named at once
