@@ -41,6 +41,7 @@ from trainer.errors import ConfigError, ModelDirError, SpecIssue
 from trainer.files import read_json, write_json_atomic
 from trainer.models.joint import JointModel
 from trainer.preprocessing.analyze import analyze
+from trainer.preprocessing.fit_definition import mismatches
 from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
 from trainer.spec.loader import as_spec
 from trainer.spec.table_size import oversized_tables
@@ -71,25 +72,40 @@ class TrainResult:
 
 
 def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refit: bool = False, save: bool = True,
-                         skip_corrupt: bool = False, log: Log = print) -> Preprocessing:
-    """Load MODEL_DIR/preprocessing, or fit it on `data` and (if `save`: the chief) save it there.
+                         skip_corrupt: bool = False, reuse: str | None = None, log: Log = print) -> Preprocessing:
+    """The job's preprocessing: `reuse`'s, MODEL_DIR's, or a new fit on `data`; saved into MODEL_DIR (`save`).
 
-    The other workers of a multi-worker job never write: they load the chief's, or fit the same
-    preprocessing themselves (fitting is deterministic) while the chief may still be writing it.
+    A fit is reused when it matches the spec table by table (`fit_definition.mismatches`: each vocabulary's
+    dtype, columns, min_count and max_size, each statistic's column and steps), so edits that no fit reads
+    (model knobs, dimensions) keep it. The other workers of a multi-worker job never write: they load the
+    chief's, or fit the same preprocessing themselves (fitting is deterministic) while the chief may still be
+    writing it.
 
     Args:
       spec: the spec to fit for.
       data: the training files (globs).
       model_dir: the model directory.
-      refit: fit again even if MODEL_DIR holds a preprocessing fitted for this spec.
-      save: write a new fit into MODEL_DIR/preprocessing.
+      refit: fit again even if MODEL_DIR holds a preprocessing that matches the spec.
+      save: write the preprocessing into MODEL_DIR/preprocessing.
       skip_corrupt: a fit skips corrupt records (logged, and listed in the result's `skipped`).
+      reuse: a `prerank analyze` output to train with instead of fitting (`train --preprocessing DIR`): refused,
+        naming each table that differs, unless it matches the spec; refused if MODEL_DIR already holds another.
       log: where notes go.
     """
     directory = os.path.join(model_dir, PREPROCESSING_DIR)
-    if not refit and os.path.exists(os.path.join(directory, FILE_NAME)):
+    own = os.path.join(directory, FILE_NAME)
+    if reuse is not None:
+        fitted = reusable_preprocessing(reuse, spec)
+        if os.path.exists(own) and Preprocessing.load(directory) != fitted:
+            raise ModelDirError(f"{directory} already holds another preprocessing (this model was trained with "
+                                f"it); --preprocessing {reuse} cannot replace it: use a new --model-dir")
+        if save:
+            fitted.save(directory)
+        log(f"preprocessing: reusing {reuse}")
+        return fitted
+    if not refit and os.path.exists(own):
         fitted = Preprocessing.load(directory)
-        if fitted.spec_fingerprint == spec.fingerprint:
+        if not reuse_problems(fitted, spec):
             fitted.check_matches(spec, directory)
             return fitted
         if save:
@@ -101,9 +117,32 @@ def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refi
     return fitted
 
 
+def reusable_preprocessing(directory: str, spec: Spec) -> Preprocessing:
+    """The `prerank analyze` output in `directory` if it matches `spec` table by table; ModelDirError naming every
+    table and statistic that does not."""
+    fitted = Preprocessing.load(directory)
+    problems = reuse_problems(fitted, spec)
+    if problems:
+        raise ModelDirError(f"{os.path.join(directory, FILE_NAME)} does not match {spec.path}: " + "; ".join(problems)
+                            + ". Fit it again with `prerank analyze`, or train without --preprocessing")
+    return fitted
+
+
+def reuse_problems(fitted: Preprocessing, spec: Spec) -> list[str]:
+    """Why `fitted` cannot serve `spec` (empty: it can): its tables and statistics compared one by one; a fit
+    older than the recorded definitions must be of the very same spec."""
+    if fitted.definitions:
+        return mismatches(spec, fitted.definitions)
+    if fitted.spec_fingerprint != spec.fingerprint:
+        return [f"it was fitted for another version of spec '{fitted.spec_name}' by a prerank that did not record "
+                "what each table was fitted from"]
+    return []
+
+
 def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | list[str] | None = None,
           validation: str | list[str] | bool | None = None, strategy: tf.distribute.Strategy | None = None,
-          skip_corrupt: bool = False, refit: bool = False, log: Log = print) -> TrainResult:
+          skip_corrupt: bool = False, refit: bool = False, preprocessing: str | None = None,
+          log: Log = print) -> TrainResult:
     """Train (or resume training) the model of `model_dir`.
 
     Args:
@@ -121,6 +160,8 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         item table, training, validation); each file's count is logged and recorded in metrics.json.
       refit: fit the preprocessing again even if the model directory holds one (a directory without a checkpoint
         only).
+      preprocessing: a `prerank analyze` output directory to train with instead of fitting; it must match the
+        spec table by table (`fit_definition`); copied into MODEL_DIR/preprocessing. Not with `refit`.
       log: where progress lines go.
     """
     spec = as_spec(spec)
@@ -137,16 +178,23 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     if shared and chief:
         log(f"warning: {in_sample_note(shared, validation_files)}")
     marker = {IN_SAMPLE_KEY: 1.0} if in_sample else {}
+    if preprocessing:
+        reusable_preprocessing(preprocessing, spec)  # refused before MODEL_DIR is written
     resumed = check_or_record(model_dir, spec, config, record=chief, log=log)
     if refit and resumed:
         log(f"note: --refit ignored: {model_dir} holds checkpoints trained with its preprocessing")
     skipped: dict[str, list[dict]] = {}
+    if refit and preprocessing:
+        raise ConfigError.single(spec.path, "preprocessing", "refit and a preprocessing to reuse exclude each other")
     if m.mode == "student":
+        if preprocessing:
+            raise ConfigError.single(spec.path, "preprocessing", "a student-only job uses its teacher's "
+                                     "preprocessing (training.teacher_dir); train without --preprocessing")
         fitted = Preprocessing.load(preprocessing_dir(model_dir, config))
         fitted.check_matches(spec, t.teacher_dir)
     else:
         fitted = fitted_preprocessing(spec, data, model_dir, refit and not resumed, save=chief,
-                                      skip_corrupt=skip_corrupt, log=log)
+                                      skip_corrupt=skip_corrupt, reuse=preprocessing, log=log)
         skipped["fit"] = fitted.skipped
     log(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
         f"fitted on {fitted.rows} rows")

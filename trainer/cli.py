@@ -147,7 +147,7 @@ def _train(args: argparse.Namespace) -> None:
     from trainer.api import train
     validation = False if args.no_validation else args.validation
     train(spec, config, args.model_dir, data=args.data, validation=validation, strategy=strategy,
-          skip_corrupt=args.skip_corrupt, refit=args.refit)
+          skip_corrupt=args.skip_corrupt, refit=args.refit, preprocessing=args.preprocessing)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -244,7 +244,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           help="no validation during or after training (e.g. when the spec's validation split is "
                                "one of the training days)")
     add_skip_corrupt(parser)
-    parser.add_argument("--refit", action="store_true", help="fit the preprocessing again even if saved")
+    fit = parser.add_mutually_exclusive_group()
+    fit.add_argument("--refit", action="store_true", help="fit the preprocessing again even if saved")
+    fit.add_argument("--preprocessing", metavar="DIR",
+                     help="train with this `prerank analyze` output instead of fitting; refused unless each of its "
+                          "tables and statistics was fitted as the spec defines it")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import tensorflow as tf
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.errors import DataError
+from trainer.preprocessing.fit_definition import definitions
 from trainer.preprocessing.fitted import NumericStats, Preprocessing, normalised_features
 from trainer.preprocessing.numeric import apply_steps_np, steps_before_normalisation
 from trainer.spec.types import Spec
@@ -60,7 +61,8 @@ def analyze(spec: Spec, patterns: str | list[str], batch_size: int = 4096, skip_
             extremes[name] = [min(low, x.min(initial=np.inf)), max(high, x.max(initial=-np.inf))]
     if rows == 0:
         raise DataError(f"no rows in {patterns}: cannot fit vocabularies or statistics")
-    result = Preprocessing(spec.name, spec.fingerprint, rows, skipped=[s.as_dict() for s in pipeline.skipped])
+    result = Preprocessing(spec.name, spec.fingerprint, rows, skipped=[s.as_dict() for s in pipeline.skipped],
+                           definitions=definitions(spec))
     for t, counter in counters.items():
         vocab = data_tables[t].vocabulary
         kept = sorted(((i, c) for i, c in counter.items() if c >= vocab.min_count), key=lambda ic: (-ic[1], ic[0]))

@@ -47,6 +47,8 @@ class Preprocessing:
     counts: dict[str, list[int]] = field(default_factory=dict)  # table -> count of each id
     stats: dict[str, NumericStats] = field(default_factory=dict)  # feature -> statistics
     skipped: list[dict] = field(default_factory=list)  # corrupt records left out of the fit, per file
+    # what each table and statistic was fitted from (`fit_definition.definitions`); {} in fits older than it
+    definitions: dict = field(default_factory=dict)
 
     def save(self, directory: str) -> str:
         """Write `preprocessing.json` and one vocabulary file per table, atomically."""
@@ -57,7 +59,8 @@ class Preprocessing:
         meta = {"spec_name": self.spec_name, "spec_fingerprint": self.spec_fingerprint, "rows": self.rows,
                 "tables": {t: {"size": len(v), "dtype": "string" if v and isinstance(v[0], str) else "int64"}
                            for t, v in self.vocabularies.items()},
-                "stats": {n: vars(s) for n, s in self.stats.items()}, "skipped": self.skipped}
+                "stats": {n: vars(s) for n, s in self.stats.items()}, "skipped": self.skipped,
+                "definitions": self.definitions}
         path = os.path.join(directory, FILE_NAME)
         atomic_write(path, json.dumps(meta, indent=2, sort_keys=True))
         return path
@@ -87,7 +90,12 @@ class Preprocessing:
         skipped = meta.get("skipped", [])
         if not isinstance(skipped, list) or not all(isinstance(e, dict) for e in skipped):
             check.fail("skipped", f"expected a list of objects, got {json.dumps(skipped)[:80]}")
-        return cls(meta["spec_name"], meta["spec_fingerprint"], meta["rows"], vocabularies, counts, stats, skipped)
+        definitions = meta.get("definitions", {})
+        if not isinstance(definitions, dict) or not all(isinstance(definitions.get(k, {}), dict)
+                                                        for k in ("tables", "stats")):
+            check.fail("definitions", f"expected an object of 'tables' and 'stats', got {json.dumps(definitions)[:80]}")
+        return cls(meta["spec_name"], meta["spec_fingerprint"], meta["rows"], vocabularies, counts, stats, skipped,
+                   definitions)
 
     def check_matches(self, spec: Spec, directory: str) -> None:
         """Fail if this was fitted for another spec, or misses a table or statistic the spec needs."""
