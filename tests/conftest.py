@@ -16,7 +16,7 @@ KUAIRAND_SPEC = os.path.join(REPO, "feature_specs", "kuairand.yaml")
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 # The `trained_small` model's --set overrides of the KuaiRand spec's config.
 SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "training.progress=false",
-                         "training.checkpoint_every=6", "model.ftrl.l1=0.01",
+                         "training.checkpoint_every=6", "training.eval_every=6", "model.ftrl.l1=0.01",
                          "model.student.dual_augmented.enabled=true", "model.student.user_tower=[32,16]",
                          "model.student.item_tower=[32,16]", "model.teacher.expert_layers=[32]",
                          "model.teacher.task_tower=[16]"]

@@ -246,7 +246,8 @@ def test_default_joint_model_on_one_batch(world, fitted, batch):
     one = _one_batch(world, fitted, batch)
     model, losses = one.model, one.losses
     assert set(losses) == {"loss/total", "loss/teacher", "loss/student", "loss/distill", "lambda",
-                           *(f"loss/teacher/{t}" for t in TASKS)}
+                           *(f"loss/teacher/{t}" for t in TASKS),
+                           *(f"weighted/{part}" for part in ("teacher", "student", "distill"))}
     assert all([type(t) for t in side.towers] == [MLPTower] and side.senet is None for side in _sides(model))
     assert type(model.similarity) is DotSimilarity and type(model.distill_loss) is CrossEntropyDistillation
     # watch_time has weight 0.5 in the spec; lambda ramps linearly from 0 at step 0
@@ -254,6 +255,8 @@ def test_default_joint_model_on_one_batch(world, fitted, batch):
     np.testing.assert_allclose(losses["loss/teacher"], teacher, rtol=1e-6)
     assert float(losses["lambda"]) == 0.0 and float(losses["loss/distill"]) > 0
     np.testing.assert_allclose(losses["loss/total"], losses["loss/teacher"] + losses["loss/student"], rtol=1e-6)
+    weighted = [v for k, v in losses.items() if k.startswith("weighted/")]  # the parts of the total, weighted
+    np.testing.assert_allclose(losses["loss/total"], sum(weighted), rtol=1e-6)
     one.assert_gradients(model.trainable_variables)  # every variable learns from the total
     one.assert_no_gradients(model.teacher.trainable_variables, "loss/student")
 

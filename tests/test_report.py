@@ -6,9 +6,9 @@ import os
 import pytest
 
 from trainer.errors import ModelDirError
-from trainer.evaluation.report import read_history, write_report
+from trainer.evaluation.report import read_history, smoothed, write_report
 
-PNGS = ["losses.png", "lambda.png", "auc.png", "consistency.png", "sparsity.png"]
+PNGS = ["losses.png", "loss_terms.png", "lambda.png", "auc.png", "consistency.png", "sparsity.png"]
 
 
 def write_history(model_dir, lines):
@@ -21,7 +21,8 @@ def training_lines():
     for step in range(100, 1100, 100):
         lines.append({"step": step, "loss/student": 1.0 / step, "loss/distill": 0.2, "loss/teacher": 1.3,
                       "loss/mimic": 0.0, "loss/total": 2.0, "lambda": min(1.0, step / 500), "lr/ftrl": 0.05,
-                      "zero_rows/user": 0.0, "zero_rows/video": 0.12, "examples_per_sec": 5000.0})
+                      "zero_rows/user": 0.0, "zero_rows/video": 0.12, "examples_per_sec": 5000.0,
+                      "weighted/teacher": 1.3, "weighted/student": 1.0 / step, "weighted/distill": 0.2 * step / 500})
         if step % 500 == 0:
             lines.append({"step": step, "eval/teacher/click/auc": 0.7, "eval/teacher/click/logloss": 0.4,
                           "eval/teacher/long_view/auc": 0.71, "eval/student/auc": 0.69, "eval/student/gauc": 0.6,
@@ -100,3 +101,12 @@ def test_malformed_evaluation_json_is_a_model_directory_error(tmp_path):
     (tmp_path / "evaluation.json").write_text('{"consistency": {"by_k": [{"pairwise_agreement": 0.7}]}}')
     with pytest.raises(ModelDirError, match=r"evaluation\.json: expected consistency\.by_k"):
         write_report(str(tmp_path))
+
+
+def test_smoothing_keeps_the_first_point_and_damps_noise():
+    noisy = [1.0 + (0.5 if i % 2 else -0.5) for i in range(40)]
+    out = smoothed(noisy, window=8)
+    assert out[0] == noisy[0] and len(out) == len(noisy)
+    assert max(out[20:]) - min(out[20:]) < 0.3 * (max(noisy) - min(noisy))  # the alternation is damped
+    assert abs(sum(out[20:]) / 20 - 1.0) < 0.05  # around the mean, not lagging toward zero
+    assert smoothed([3.0, 3.0, 3.0]) == [3.0, 3.0, 3.0]

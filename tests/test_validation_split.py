@@ -57,3 +57,24 @@ def test_no_validation_trains_without_one(tmp_path, capsys):
     with open(os.path.join(model_dir, "metrics.json")) as fh:
         assert "validation" not in json.load(fh)
     assert "validation (" not in capsys.readouterr().out  # no validation table printed
+
+
+def test_the_default_cadence_gives_a_short_run_several_evaluations_and_sparsity_points(tmp_path):
+    from test_hostile_input import ID_SPEC, id_columns
+    from trainer.config.knobs import EVAL_POINTS
+    from trainer.data.writers import write_tfrecord
+    spec = tmp_path / "ids.yaml"
+    spec.write_text(ID_SPEC)
+    data = str(tmp_path / "ids.tfrecord")
+    write_tfrecord(data, id_columns(), range(4), "none")
+    model_dir = str(tmp_path / "model")
+    assert main(["train", str(spec), "--model-dir", model_dir, "--data", data, "--validation", data,
+                 "--set", "training.progress=false", "--set", "training.batch_size=1", "--set", "training.epochs=4",
+                 "--set", "training.shuffle_buffer=0"]) == 0  # 16 steps, eval_every not set
+    with open(os.path.join(model_dir, "history.jsonl")) as fh:
+        rows = [json.loads(line) for line in fh]
+    evaluated = [row["step"] for row in rows if "eval/student/auc" in row]
+    scanned = [row["step"] for row in rows if "zero_rows/user_id" in row]
+    assert evaluated == scanned == list(range(2, 17, 2)) and len(evaluated) == EVAL_POINTS
+    losses = [row for row in rows if "loss/total" in row]  # log_every (50) is longer than the run: its end
+    assert [row["step"] for row in losses] == [16] and {"weighted/student", "weighted/distill"} <= set(losses[0])

@@ -162,6 +162,17 @@ class ModelConfig:
     adagrad: AdagradConfig = knob(AdagradConfig(), "optimizer of the dense layers")
 
 
+EVAL_POINTS = 8  # evaluations (and zero-row scans) in a run whose training.eval_every is not set
+
+
+def evaluation_cadence(eval_every: int | None, steps: int | None) -> int:
+    """The steps between evaluations: `eval_every` if set (0: none before the end), else EVAL_POINTS evenly
+    spaced over `steps` (every training.checkpoint_every-like 1000 steps when the run's length is unknown)."""
+    if eval_every is not None:
+        return eval_every
+    return max(1, -(-steps // EVAL_POINTS)) if steps else 1000
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     batch_size: int = knob(1024, "examples per step (global, across workers)", minimum=1, maximum=1 << 24)
@@ -174,7 +185,9 @@ class TrainingConfig:
     log_every: int = knob(50, "steps between TensorBoard scalars / history lines", minimum=1)
     checkpoint_every: int = knob(500, "steps between checkpoints", minimum=1)
     keep_checkpoints: int = knob(3, "checkpoints kept", minimum=1)
-    eval_every: int = knob(0, "steps between evaluations on the validation data (0: only at the end)")
+    eval_every: int | None = knob(None, "steps between evaluations on the validation data and scans of the tables' "
+                                        "all-zero rows (default: EVAL_POINTS of them over the run's known or "
+                                        "estimated steps; 0: only at the end)")
     eval_batches: int | None = knob(None, "batches read per evaluation (default: all)", minimum=1)
     teacher_dir: str | None = knob(None, "mode student: model directory of the trained teacher")
     progress: bool = knob(True, "show a progress bar")

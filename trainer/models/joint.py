@@ -203,7 +203,9 @@ class JointModel(tf.keras.Model):
     # ---- losses ----
     def compute_losses(self, batch: dict, step: tf.Tensor, training: bool = True,
                        seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-        """{'loss/<part>': scalar, 'lambda': scalar}; 'loss/total' is what the optimizers minimise."""
+        """{'loss/<part>': scalar, 'lambda': scalar}; 'loss/total' is what the optimizers minimise, the sum of the
+        'weighted/<part>' terms (each part times its weight: λ(step) for distill, mimic_weight for mimic), so a
+        total that rises with λ shows as the distill term growing, not as divergence."""
         m = self.config.model
         features, weight = batch["features"], batch["sample_weight"]
         exposed = tf.shape(weight)[0]
@@ -221,6 +223,7 @@ class JointModel(tf.keras.Model):
                         for t in self.labels}
             losses.update({f"loss/teacher/{t}": v for t, v in per_task.items()})
             losses["loss/teacher"] = tf.add_n([self.labels[t].weight * v for t, v in per_task.items()])
+            losses["weighted/teacher"] = losses["loss/teacher"]
             total += losses["loss/teacher"]
         if self.has_student:
             lam = self.schedule(step)
@@ -234,14 +237,16 @@ class JointModel(tf.keras.Model):
             if m.distill.drop_label_loss_after is not None:
                 student *= tf.cast(step < m.distill.drop_label_loss_after, tf.float32)
             distill = distillation_loss(self.distill_loss, out.teacher_score, out.student_logit, all_weight, groups)
-            losses.update({"loss/student": student, "loss/distill": distill, "lambda": lam})
+            losses.update({"loss/student": student, "loss/distill": distill, "lambda": lam,
+                           "weighted/student": student, "weighted/distill": lam * distill})
             total += student + lam * distill
             if self.augmented:
                 positive = batch["labels"][self.student_task] * weight
                 mimic = _mimic(out.user_augment[:exposed], out.item_vector[:exposed], positive) \
                     + _mimic(out.item_augment[:exposed], out.user_vector[:exposed], positive)
                 losses["loss/mimic"] = mimic
-                total += m.student.dual_augmented.mimic_weight * mimic
+                losses["weighted/mimic"] = m.student.dual_augmented.mimic_weight * mimic
+                total += losses["weighted/mimic"]
         losses["loss/total"] = total
         return losses
 

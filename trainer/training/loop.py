@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from trainer.config.knobs import Config
+from trainer.config.knobs import Config, evaluation_cadence
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.errors import ConfigError, DataError, ModelDirError
@@ -91,8 +91,8 @@ class Loop:
           build_model: makes the model, called once in the strategy's scope.
           data: the training files (globs).
           steps_per_epoch: the expected steps of one epoch (progress, and the step count workers agree on).
-          on_evaluate: called as on_evaluate(model, step) every training.eval_every steps on the chief; returns
-            metrics to log.
+          on_evaluate: called as on_evaluate(model, step) every training.eval_every steps on the chief
+            (`evaluation_cadence`); returns metrics to log.
           skip_corrupt: skip and count corrupt records instead of failing.
         """
         self.spec, self.config, self.model_dir, self.strategy = spec, config, model_dir, strategy
@@ -115,6 +115,7 @@ class Loop:
         self.chief = is_chief(strategy)
         self.total_steps = self._total_steps(steps_per_epoch)
         self.estimated_steps = self.total_steps or (steps_per_epoch * self.training.epochs if steps_per_epoch else None)
+        self.eval_every = evaluation_cadence(self.training.eval_every, self.estimated_steps)
         self.state = {"model": self.model, "ftrl": self.ftrl, "adagrad": self.adagrad, "step": self.step,
                       "epochs_read": self.epochs_read, "pipeline_epochs": self.pipeline_epochs}
         self.dataset = self.iterator = self.checkpoint = self.manager = None  # run() starts the data
@@ -341,14 +342,17 @@ class Loop:
                 window_start, window_examples = now, 0
                 if progress is not None:
                     progress.set_postfix(loss=f"{last['loss/total']:.4f}")
-            if t.eval_every and step % t.eval_every == 0:
+            if self.eval_every and step % self.eval_every == 0:
                 self.evaluate(step)
+                if self.chief:  # a full scan of every table: at evaluations, not every log line (~4% a step)
+                    self.log(step, self.zero_row_shares())
             if step % t.checkpoint_every == 0:
                 self.manager.save(checkpoint_number=step)
                 saved_step = step
-                if self.chief:  # a full scan of every table: at checkpoints, not every log line
-                    self.log(step, self.zero_row_shares())
         step = int(self.step.numpy())
+        if self.chief and step > start_step:  # the end of the run (where the final validation is logged too)
+            self.log(step, {k: float(v) for k, v in losses.items()})  # a run shorter than log_every has a point
+            self.log(step, self.zero_row_shares())
         if saved_step != step:
             self.manager.save(checkpoint_number=step)
         if self.scratch:
