@@ -239,7 +239,7 @@ def test_resuming_refuses_a_changed_spec_or_model_knob_but_accepts_a_longer_run(
     assert "resuming from" in out and "trained to step 5 (2 steps here" in out
     assert metrics(model_dir)["training"]["resumed_from"] == 3
     assert checkpoint_state(model_dir) == (5, [3, 4, 5])
-    assert history_steps(model_dir) == [2, 4, 5]  # log_every 2, then 1
+    assert history_steps(model_dir) == [2, 3, 4, 5]  # log_every 2 and the first run's end (3), then 1
 
 
 def free_ports(n: int) -> list[int]:
