@@ -108,8 +108,7 @@ class FeatureEncoder(tf.keras.layers.Layer):
                                self.stats.get(feature.name))
             return tf.raw_ops.Bucketize(input=x, boundaries=list(feature.transforms[-1].boundaries))
         if feature.is_cross:
-            parts = [_as_string(features[c]) for c in feature.columns]
-            return self.lookups[table](tf.strings.join(parts, separator=CROSS_SEPARATOR))
+            return self.lookups[table](cross_text([features[c] for c in feature.columns]))
         ids = features[feature.columns[0]]
         if feature.kind == "sequence":
             ids = _as_ragged(ids, feature.dtype)
@@ -131,8 +130,11 @@ class FeatureEncoder(tf.keras.layers.Layer):
         return tf.expand_dims(apply_steps_tf(x, feature.transforms, self.stats.get(feature.name)), -1)
 
 
-def _as_string(x: tf.Tensor) -> tf.Tensor:
-    return x if x.dtype == tf.string else tf.strings.as_string(x)
+def cross_text(columns: list[tf.Tensor]) -> tf.Tensor:
+    """The one canonical text a cross hashes, whatever its columns' types: each value as text (an int64 id in
+    decimal, so the id 42 and the string "42" are the same value), joined by CROSS_SEPARATOR."""
+    parts = [x if x.dtype == tf.string else tf.strings.as_string(x) for x in columns]
+    return tf.strings.join(parts, separator=CROSS_SEPARATOR)
 
 
 def _as_ragged(ids: tf.Tensor, dtype: str) -> tf.RaggedTensor:

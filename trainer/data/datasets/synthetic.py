@@ -241,7 +241,7 @@ class _Generator:
         for f in self.spec.features:  # columns read only by crosses
             for c in f.columns:
                 if c not in out:
-                    space = self._space(f"column:{c}", self.default_cardinality, False)
+                    space = self._space(f"column:{c}", self.default_cardinality, f.dtype == "string")
                     out[c] = _Ids(space, space.draw(_rng(self.seed, "ids", c), self.n))
         for label in self.spec.labels:
             if label.column not in out:
