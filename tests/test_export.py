@@ -25,6 +25,7 @@ from trainer.errors import ExportError
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.data.catalog import build_catalog
+from trainer.data.writers import Column, write_csv
 from trainer.evaluation.predict import predict
 from trainer.spec import load_spec
 from trainer.training.trained import load_trained
@@ -218,6 +219,52 @@ def test_embed_items_writes_every_catalog_vector_under_the_model_version(exporte
     np.testing.assert_allclose(opened.lookup(catalog.ids[some]), want["item_vector"].numpy(), atol=1e-6)
     with pytest.raises(ExportError, match="already complete|already exists"):
         embed_items(result.path, store, data, progress=False)
+
+
+def write_item_table(path: str, catalog, columns, rows: list[int], drop: str | None = None) -> None:
+    """`rows` of a catalog as a CSV item table of the item tower's columns (all but `drop`)."""
+    out = []
+    for c in columns:
+        if c.name == drop:
+            continue
+        values = catalog.columns[c.name]
+        values = values.to_list() if isinstance(values, tf.RaggedTensor) else values.numpy().tolist()
+        values = [[x.decode() for x in v] if c.shape == "list" and c.dtype == "string" else
+                  v.decode() if isinstance(v, bytes) else v for v in values]
+        kind = {"int64": "int", "float32": "float", "string": "str"}[c.dtype] + ("_list" if c.shape == "list" else "")
+        out.append(Column(c.name, kind, [values[i] for i in rows]))
+    write_csv(path, out, range(len(rows)))
+
+
+def test_embed_items_from_an_item_table(exported_small, spec, tmp_path, capsys):
+    """An item table (one row per item, CSV here) gives the catalog; a table missing an item-tower column, or
+    holding an item twice, is refused naming it before the store is touched."""
+    result, data = exported_small
+    catalog, columns = build_catalog(spec, data), input_columns(spec, "item")
+    table = str(tmp_path / "items.csv")
+    write_item_table(table, catalog, columns, list(range(catalog.size))[::-1])  # another order than the data's
+    store = tmp_path / "store"
+    assert main(["embed-items", result.path, "--store", str(store), "--items", table]) == 0
+    assert f"catalog: {catalog.size:,} items from item table {table}" in capsys.readouterr().out
+    opened = ItemVectorStore.open(str(store))
+    np.testing.assert_array_equal(opened.ids, catalog.ids[::-1])
+    loaded = tf.saved_model.load(result.path)
+    some = slice(0, 50)
+    inputs = serving_inputs({c.name: catalog.columns[c.name][some] for c in columns}, columns)
+    want = loaded.signatures["item_embedding"](**{k: tf.constant(v) for k, v in inputs.items()})["item_vector"]
+    np.testing.assert_allclose(opened.lookup(catalog.ids[some]), want.numpy(), atol=1e-6)
+
+    no_age = str(tmp_path / "no_age.csv")
+    write_item_table(no_age, catalog, columns, [0, 1, 2], drop="freshness_days")
+    twice = str(tmp_path / "twice.csv")
+    write_item_table(twice, catalog, columns, [0, 1, 2, 1])
+    for bad, message in ((no_age, f"{no_age}: column 'freshness_days' (needed by feature 'freshness_days') is "
+                                  "missing from the CSV header"),
+                         (twice, f"{twice}: item id {int(catalog.ids[1])} (column 'video_id') is in more than one "
+                                 "row; an item table holds one row per item")):
+        assert main(["embed-items", result.path, "--store", str(tmp_path / "refused"), "--items", bad]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()
 
 
 def test_a_distilled_students_frozen_teacher_tables_are_pruned_with_the_teachers_slots(trained_small, spec, tmp_path):

@@ -208,8 +208,9 @@ def _onnx(args: argparse.Namespace) -> None:
 
 def _embed_items(args: argparse.Namespace) -> None:
     from serving.item_store.embed import embed_items
-    result = embed_items(args.export_dir, args.store, args.data, args.batch_size)
+    result = embed_items(args.export_dir, args.store, args.data, args.batch_size, item_table=args.items)
     note = f" (resumed at item {result.resumed_from})" if result.resumed_from else ""
+    print(f"catalog: {result.items:,} items from {result.source}")
     print(f"{result.items} item vectors of model version {result.model_version} -> {result.store_path}{note}")
 
 
@@ -345,8 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")
     p.add_argument("export_dir", help="a version directory, or a base directory (its newest version)")
     p.add_argument("--store", required=True, help="store directory; vectors go to STORE/<model version>/")
-    add_globs(p, "--data", "files to build the item table from (default: every split of the spec: data.train, "
-                           "data.validation, data.eval)")
+    catalog = p.add_mutually_exclusive_group()
+    add_globs(catalog, "--data", "impressions whose distinct items make the catalog (default: every split of the "
+                                 "spec: data.train, data.validation, data.eval)")
+    add_globs(catalog, "--items", "an item table instead (Parquet, CSV or TFRecord by suffix): one row per item with "
+                                  "every column the item tower reads, those the impressions carry (e.g. an item's "
+                                  "age) included")
     p.add_argument("--batch-size", type=int, default=4096)
     p.set_defaults(func=_embed_items)
     return parser

@@ -25,6 +25,19 @@ PAD_ID, PAD_STRING = -1, ""  # right padding of `pad_sequences` batches and serv
 RECORD_BITS = 40  # a record id is file_index << RECORD_BITS | record number (TFRecord) or line number (CSV)
 
 
+_SUFFIX_FORMATS = ((".tfrecord.gz", "tfrecord", "GZIP"), (".tfrecord", "tfrecord", "none"),
+                   (".csv.gz", "csv", "GZIP"), (".csv", "csv", "none"), (".parquet", "parquet", "none"))
+
+
+def format_of(path: str, fmt: str, compression: str) -> tuple[str, str]:
+    """(format, compression) of a file named by its suffix (`.tfrecord[.gz]`, `.csv[.gz]`, `.parquet`); `fmt` and
+    `compression` (the spec's) for any other name."""
+    for suffix, named_fmt, named_compression in _SUFFIX_FORMATS:
+        if path.endswith(suffix):
+            return named_fmt, named_compression
+    return fmt, compression
+
+
 def tfrecord_compression(compression: str) -> str:
     """The spec's compression ("none" | "GZIP") as TensorFlow's compression_type ("" | "GZIP")."""
     return "" if compression == "none" else compression
