@@ -5,18 +5,24 @@ import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 import os
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+import test_training_job as job
 from conftest import spec_text
 from test_input import INPUTS, N_ROWS, N_SHARDS, SPEC, changed, error_of, flat, make_columns, user_ids
+from trainer.cli import main
+from trainer.data.datasets.synthetic import generate
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
+from trainer.data import parquet
 from trainer.data.writers import Column, write_parquet, write_shards, write_tfrecord
 from trainer.errors import DataError, SpecError
 from trainer.spec import load_spec
+from trainer.spec.columns import raw_columns
 
 ORDERED = dict(shuffle_buffer=0, deterministic=True)
 GROUP_ROWS = 5  # rows per row group: 40 rows in 3 files make 9 row groups
@@ -61,10 +67,6 @@ def test_parquet_and_tfrecord_give_identical_batches(data):
     # the rows exercise what must match: nulls taking defaults, empty and truncated sequences, strings
     assert values["features/city"].count(b"unk") == 8 and values["features/age"].count(30.0) == 10
     assert [] in values["features/hist"] and [] in values["features/tags"]
-    padded = [list(parquet_pipeline(data, pad_sequences=True, **ORDERED)),
-              list(make_pipeline(data["spec"], str(data["root"] / "tfr" / "*"),
-                                 InputConfig(batch_size=8, pad_sequences=True, **ORDERED), compression="none"))]
-    assert_same_batches(padded[1], padded[0])
 
 
 def test_the_types_a_writer_may_choose_read_like_the_canonical_ones(data, tmp_path):
@@ -99,6 +101,18 @@ def test_the_types_a_writer_may_choose_read_like_the_canonical_ones(data, tmp_pa
     got = list(parquet_pipeline(data, str(tmp_path / "pq" / "*"), batch_size=4, **ORDERED))
     assert_same_batches(expected, got)
     assert flat(got)["features/city"][:6] == [b"unk"] * 6
+
+
+def test_synth_writes_parquet_that_inspect_reads(data, tmp_path, capsys):
+    spec = str(data["root"] / "spec.yaml")
+    assert main(["synth", spec, "--rows", "30", "--out", str(tmp_path / "synth"), "--format", "parquet",
+                 "--shards", "2"]) == 0
+    assert sorted(os.listdir(tmp_path / "synth")) == ["part-00000.parquet", "part-00001.parquet"]
+    capsys.readouterr()
+    assert main(["inspect", spec, "--data", str(tmp_path / "synth" / "*"), "--format", "parquet",
+                 "--batch-size", "4"]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in INPUTS) and "ragged" in table
 
 
 # ----- bad data -----------------------------------------------------------------------------------------
@@ -137,15 +151,34 @@ def test_a_missing_column_or_an_unusable_type_is_named_with_file_column_and_feat
                                "must store a column with one type")
 
 
+def test_each_row_carries_its_first_flaw(data, tmp_path):
+    """Nulls without a default, nulls inside lists and vectors of another length, found per row when the row
+    group is read (the batch's checks then name the first flawed row); nulls with a default are not flaws."""
+    cols = {c.name: list(c.values) for c in make_columns(10)}
+    cols["item_id"][1] = None
+    cols["hist"][2] = [1, None]
+    cols["emb"][3] = [1.0, 2.0]
+    cols["emb"][4] = None
+    cols["is_click"][5] = None
+    cols["tags"][7] = None  # a null list: empty
+    cols["item_id"][8], cols["hist"][8] = None, [None]  # hist comes first among the columns
+    path = str(tmp_path / "flaws.parquet")
+    write_parquet(path, [Column(c.name, c.type, cols[c.name]) for c in make_columns(10)], range(10))
+    layout = parquet.RowLayout(raw_columns(data["spec"]), parquet_pipeline(data, path).plan.stored)
+    flaw = parquet.read_row_group(path, 0, layout)[-1].tolist()
+    found = {row: (layout.flaws[code].column, layout.flaws[code].kind) for row, code in enumerate(flaw) if code >= 0}
+    assert found == {1: ("item_id", parquet.NULL), 2: ("hist", parquet.NULL_ITEM), 3: ("emb", parquet.LENGTH),
+                     4: ("emb", parquet.NULL), 5: ("is_click", parquet.NULL), 8: ("hist", parquet.NULL_ITEM)}
+    messages = {(f.column, f.kind): f.message for f in layout.flaws}
+    assert messages[("emb", parquet.LENGTH)] == "column 'emb' (read by feature 'emb') must hold 3 values"
+    assert messages[("is_click", parquet.NULL)].startswith("column 'is_click' (needed by label 'click') is null")
+
+
 @pytest.mark.parametrize("column,row,value,expected", [
-    ("item_id", 5, None, "column 'item_id' (needed by feature 'item_id', feature 'user_item') is null in the record"),
-    ("is_click", 9, None, "column 'is_click' (needed by label 'click') is null"),
-    ("item_id", 7, -3, "negative id in column 'item_id'"),
+    ("item_id", 5, None, "column 'item_id' (needed by feature 'item_id', feature 'user_item') is null in the record; "
+                         "every record must carry it, or the spec must declare a default"),
     ("hist", 6, [1, None, 2], "column 'hist' (read by feature 'hist') holds a null inside its list"),
-    ("emb", 4, [1.0, 2.0], "column 'emb' (read by feature 'emb') must hold 3 values"),
-    ("emb", 2, None, "column 'emb' (needed by feature 'emb') is null"),
-    ("price", 3, float("nan"), "NaN or inf in column 'price'"),
-    ("is_click", 8, 2, "binary label 'click' (column 'is_click') must be 0 or 1"),
+    ("item_id", 7, -3, "negative id in column 'item_id'"),  # the value checks every format shares
 ])
 def test_bad_values_are_named_with_file_and_row(data, tmp_path, column, row, value, expected):
     path = write_bad(tmp_path, column, row, value)
@@ -188,14 +221,12 @@ def test_two_workers_share_the_row_groups_and_read_every_row_once(data):
         parquet_pipeline(data, num_workers=10)
 
 
-def test_shuffles_are_seeded_and_epochs_read_every_row_each_time(data):
+def test_seeded_shuffles_are_repeatable(data):
+    """(Epochs, each reading every row once, are checked with the iterator restore below.)"""
     config = dict(shuffle_buffer=16, deterministic=True, seed=3)
     first, second = user_ids(parquet_pipeline(data, **config)), user_ids(parquet_pipeline(data, **config))
     assert first == second and sorted(first) == [1000 + i for i in range(N_ROWS)]
-    assert first != user_ids(parquet_pipeline(data, **ORDERED))
-    assert user_ids(parquet_pipeline(data, **{**config, "seed": 4})) != first
-    ids = user_ids(parquet_pipeline(data, epochs=2, shuffle_buffer=8, seed=1))
-    assert len(ids) == 2 * N_ROWS and set(Counter(ids).values()) == {2}
+    assert first != sorted(first)  # unshuffled, the rows come in file order
 
 
 # ----- corruption ---------------------------------------------------------------------------------------
@@ -254,3 +285,44 @@ def test_a_checkpointed_iterator_restores_to_exactly_the_remaining_rows(data, tm
     assert Counter(before + again) == Counter({1000 + i: 2 for i in range(N_ROWS)})  # every row once an epoch
     if deterministic:
         assert again == remaining
+
+
+# ----- kill -9 and resume: the training loop's own checkpoints ----------------------------------------------
+
+JOB_ROWS = 1000  # 4 files of 250 rows, in row groups of 100 (3 a file)
+
+
+@pytest.fixture(scope="module")
+def parquet_job(tmp_path_factory):
+    """The training-job spec reading Parquet, and its data: (spec path, training glob, validation glob)."""
+    root = tmp_path_factory.mktemp("parquet_job")
+    spec = root / "spec.yaml"
+    spec.write_text(spec_text("training_job").replace("data: {format: tfrecord, compression: GZIP}",
+                                                      "data: {format: parquet}"))
+    generate(load_spec(str(spec)), JOB_ROWS, str(root / "data"), fmt="parquet", n_shards=4, seed=1, row_group_rows=100)
+    return str(spec), str(root / "data" / "part-*"), str(root / "data" / "part-00000*")
+
+
+@pytest.mark.slow
+def test_a_parquet_job_killed_with_sigkill_resumes_reading_exactly_the_remaining_rows(parquet_job, tmp_path):
+    full_steps = -(-JOB_ROWS * job.EPOCHS // job.BATCH)
+    reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
+    ref = job.start(job.train_args(parquet_job, reference, validate=False), str(tmp_path / "reference.log"))
+    proc = job.start(job.train_args(parquet_job, victim, validate=False), str(tmp_path / "victim.log"))
+    seen = job.kill_past_checkpoint(proc, victim, str(tmp_path / "victim.log"), 2 * job.CHECKPOINT_EVERY)
+    killed_at, _ = job.checkpoint_state(victim, "latest")
+    assert seen <= killed_at < full_steps - job.CHECKPOINT_EVERY  # mid-run: epochs and row groups were still to read
+
+    out = job.finish(job.start(job.train_args(parquet_job, victim, validate=False), str(tmp_path / "resumed.log")),
+                     str(tmp_path / "resumed.log"), ref)
+    assert f"resuming from {os.path.join(victim, 'checkpoints', f'ckpt-{killed_at}')}" in out
+    job.finish(ref, str(tmp_path / "reference.log"))
+    whole, resumed = job.metrics(reference), job.metrics(victim)
+    assert whole["step"] == resumed["step"] == full_steps and whole["training"]["examples"] == JOB_ROWS * job.EPOCHS
+    # The input iterator resumed at the checkpoint's position: the batches trained before it plus the resumed
+    # job's are the data, once an epoch; and in the same order, so the weights are those of the uninterrupted run.
+    assert killed_at * job.BATCH + resumed["training"]["examples"] == JOB_ROWS * job.EPOCHS
+    expected, got = job.final_variables(reference), job.final_variables(victim)
+    assert sorted(expected) == sorted(got) and len(expected) > 20
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
