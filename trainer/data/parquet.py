@@ -34,10 +34,11 @@ from one buffer holding the string scalars and, per sequence, each row's
 values as bytes: an int64 sequence as its little-endian int64 values (the
 Arrow values between the row's offsets), a string sequence as two cells, the
 byte lengths of its strings (int64) and their bytes. Plus `flaw`: per row the
-code of its first problem in column order (-1 if none). Rows of fixed shapes shuffle and batch
-about 4x faster than rows holding ragged tensors (measured on KuaiRand's four
-sequences); `unpack_batch` turns a batch's byte cells back into ragged tensors
-with one `decode_raw` over the joined cells.
+code of its first problem in column order (-1 if none). Rows of fixed shapes
+shuffle and batch about 4x faster than rows holding ragged tensors (measured
+on four sequences of up to 50 ids through a 10,000-row shuffle buffer);
+`unpack_batch` turns a batch's byte cells back into ragged tensors with one
+`decode_raw` over the joined cells.
 """
 from dataclasses import dataclass, field
 
@@ -285,8 +286,10 @@ class _RowGroup:
     def column(self, name: str) -> pa.Array | None:
         if name not in self.names:
             return None
-        arr = self.table.column(name).combine_chunks()
-        return arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
+        chunked = self.table.column(name)
+        if pa.types.is_dictionary(chunked.type):  # chunks may have dictionaries of their own
+            chunked = pa.chunked_array([c.dictionary_decode() for c in chunked.chunks], chunked.type.value_type)
+        return chunked.combine_chunks()
 
     def scalar(self, name: str, arrow_type: pa.DataType, placeholder) -> pa.Array:
         """A scalar column cast to `arrow_type`, nulls replaced by the default (or flagged, if it has none)."""
