@@ -11,6 +11,7 @@ Examples:
     .venv/bin/python scripts/bench_input.py
     .venv/bin/python scripts/bench_input.py --kuairand-dir out/kuairand/tfrecord --ablations
     .venv/bin/python scripts/bench_input.py --only synthetic --synthetic-rows 500000
+    .venv/bin/python scripts/bench_input.py --formats parquet   # Parquet beside TFRecord, no CSV
 """
 import argparse
 import os
