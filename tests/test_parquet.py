@@ -165,7 +165,7 @@ def test_each_row_carries_its_first_flaw(data, tmp_path):
     path = str(tmp_path / "flaws.parquet")
     write_parquet(path, [Column(c.name, c.type, cols[c.name]) for c in make_columns(10)], range(10))
     layout = parquet.RowLayout(raw_columns(data["spec"]), parquet_pipeline(data, path).plan.stored)
-    flaw = parquet.read_row_group(path, 0, layout)[-1].tolist()
+    flaw = parquet.read_row_group(path, 0, layout)[0][:, -1].tolist()  # the last column of `ints`
     found = {row: (layout.flaws[code].column, layout.flaws[code].kind) for row, code in enumerate(flaw) if code >= 0}
     assert found == {1: ("item_id", parquet.NULL), 2: ("hist", parquet.NULL_ITEM), 3: ("emb", parquet.LENGTH),
                      4: ("emb", parquet.NULL), 5: ("is_click", parquet.NULL), 8: ("hist", parquet.NULL_ITEM)}

@@ -27,18 +27,23 @@ naming `file#row N` (rows numbered from 0 in the file); so is a null inside a
 list and a vector of the wrong length. A file without a column that has a
 default reads the default everywhere.
 
-A row group reaches the pipeline packed, a few fixed-shape tensors per row:
-int64 scalars as one [n, k] matrix, float32 scalars and vectors as one
-[n, k + dims] matrix, and one [n, k'] string matrix cut (`tf.strings.substr`)
-from one buffer holding the string scalars and, per sequence, each row's
-values as bytes: an int64 sequence as its little-endian int64 values (the
-Arrow values between the row's offsets), a string sequence as two cells, the
-byte lengths of its strings (int64) and their bytes. Plus `flaw`: per row the
-code of its first problem in column order (-1 if none). Rows of fixed shapes
-shuffle and batch about 4x faster than rows holding ragged tensors (measured
-on four sequences of up to 50 ids through a 10,000-row shuffle buffer);
-`unpack_batch` turns a batch's byte cells back into ragged tensors with one
-`decode_raw` over the joined cells.
+A row group reaches the pipeline packed, three tensors per row:
+
+- `ints`, int64: the int64 scalars, then the byte length of each text cell,
+  then `flaw`, the code of the row's first problem in column order (-1: none);
+- `floats`, float32: the float32 scalars, then the vectors;
+- `text`, one string: the row's text cells joined. The cells are the string
+  scalars and, per sequence, the row's values as bytes: an int64 sequence as
+  its little-endian int64 values (the Arrow values between the row's
+  offsets), a string sequence as two cells, the byte lengths of its strings
+  (int64) and their bytes.
+
+Rows of a few fixed-shape tensors shuffle and batch fast: in micro-benchmarks
+(a 10,000-row shuffle buffer), rows holding four sequences (up to 50 ids) as
+ragged tensors went 4x slower than as byte cells, and rows of twelve string
+cells about 1.5x slower than the same cells joined in one string.
+`unpack_batch` cuts a batch's cells apart (`tf.strings.substr`) and turns each
+sequence into a ragged tensor with one `decode_raw` over the joined cells.
 """
 from dataclasses import dataclass, field
 
@@ -223,8 +228,13 @@ class RowLayout:
 
     @property
     def text_width(self) -> int:
-        """Cells of the string matrix: the string scalars, one per int64 sequence, two per string sequence."""
+        """Text cells of a row: the string scalars, one per int64 sequence, two per string sequence."""
         return len(self.strings) + sum(2 if self.columns[name].dtype == "string" else 1 for name in self.lists)
+
+    @property
+    def int_width(self) -> int:
+        """Columns of `ints`: the int64 scalars, the text cells' lengths, the flaw."""
+        return len(self.ints) + self.text_width + 1
 
     def code(self, column: str, kind: str) -> int:
         """The code of a column's flaw of `kind`."""
@@ -349,7 +359,7 @@ class _RowGroup:
     def arrays(self) -> list:
         """The py_function's outputs after the error (see `_OUTPUT_TYPES`)."""
         layout, n = self.layout, self.n
-        ints = np.empty((n, len(layout.ints)), np.int64)
+        ints = np.empty((n, layout.int_width), np.int64)
         for j, name in enumerate(layout.ints):
             ints[:, j] = self.scalar(name, pa.int64(), 0).to_numpy(zero_copy_only=False)
         floats = np.empty((n, layout.float_width), np.float32)
@@ -361,7 +371,7 @@ class _RowGroup:
             floats[:, at:at + dim] = self.vector(name)
             at += dim
         starts = np.empty((n, layout.text_width), np.int64)
-        lengths = np.empty((n, layout.text_width), np.int64)
+        lengths = ints[:, len(layout.ints):-1]  # a view: the cells' lengths go into `ints`
         for j, name in enumerate(layout.strings):
             starts[:, j], lengths[:, j] = self.strings.add_strings(self.scalar(name, pa.large_string(), ""))
         at = len(layout.strings)
@@ -375,7 +385,8 @@ class _RowGroup:
                 values, splits, _ = self.listed(name, pa.int64(), 0)
                 starts[:, at], lengths[:, at] = self.strings.add_ints(values.to_numpy(zero_copy_only=False), splits)
                 at += 1
-        return [ints, floats, np.array(self.strings.data, dtype=object), starts, lengths, self.flaw]
+        ints[:, -1] = self.flaw
+        return [ints, floats, np.array(self.strings.data, dtype=object), starts]
 
 
 def read_row_group(path: str, group: int, layout: RowLayout) -> list:
@@ -387,14 +398,13 @@ def read_row_group(path: str, group: int, layout: RowLayout) -> list:
     return _RowGroup(table, layout).arrays()
 
 
-_OUTPUT_TYPES = [tf.string, tf.int64, tf.float32, tf.string, tf.int64, tf.int64, tf.int32]
-# error, ints [n, k], floats [n, k], string buffer, cell starts [n, k], cell lengths [n, k], flaw [n]
+_OUTPUT_TYPES = [tf.string, tf.int64, tf.float32, tf.string, tf.int64]
+# error, ints [n, int_width], floats [n, float_width], one buffer of every text cell, cell starts [n, text_width]
 
 
 def _empty_outputs(layout: RowLayout) -> list:
-    return [np.zeros((0, len(layout.ints)), np.int64), np.zeros((0, layout.float_width), np.float32),
-            np.array(b"", dtype=object), np.zeros((0, layout.text_width), np.int64),
-            np.zeros((0, layout.text_width), np.int64), np.zeros(0, np.int32)]
+    return [np.zeros((0, layout.int_width), np.int64), np.zeros((0, layout.float_width), np.float32),
+            np.array(b"", dtype=object), np.zeros((0, layout.text_width), np.int64)]
 
 
 # ---- the dataset --------------------------------------------------------------------------------------
@@ -442,15 +452,14 @@ def read_rows(files: list[str], columns: dict[str, RawColumn], stored: dict[str,
         error, *out = tf.py_function(read_py, [unit[0], unit[1]], _OUTPUT_TYPES)
         failed = tf.debugging.Assert(tf.equal(error, ""), [error])
         with tf.control_dependencies([failed]):
-            ints, floats, data, starts, lengths, flaw = [tf.identity(t) for t in out]
-        ints.set_shape([None, len(layout.ints)])
+            ints, floats, data, starts = [tf.identity(t) for t in out]
+        ints.set_shape([None, layout.int_width])
         floats.set_shape([None, layout.float_width])
-        flaw.set_shape([None])
-        strings = tf.strings.substr(data, starts, lengths)
-        strings.set_shape([None, layout.text_width])
-        n = tf.shape(flaw, out_type=tf.int64)[0]
+        lengths = ints[:, len(layout.ints):-1]
+        text = tf.strings.reduce_join(tf.strings.substr(data, starts, lengths), axis=1)  # each row's cells
+        n = tf.shape(ints, out_type=tf.int64)[0]
         ids = unit[0] * (1 << RECORD_BITS) + unit[2] + tf.range(n, dtype=tf.int64)
-        rows = {"ints": ints, "floats": floats, "strings": strings, "flaw": flaw}
+        rows = {"ints": ints, "floats": floats, "text": text}
 
         @tf.autograph.experimental.do_not_convert
         def chunk(start: tf.Tensor) -> tuple[dict, tf.Tensor]:
@@ -473,7 +482,9 @@ def unpack_batch(columns: dict[str, RawColumn], stored: dict[str, str], rows: di
         dim = columns[name].length
         raw[name] = rows["floats"][:, at:at + dim]
         at += dim
-    texts = rows["strings"]
+    lengths = rows["ints"][:, len(layout.ints):-1]
+    texts = tf.strings.substr(rows["text"][:, None], tf.cumsum(lengths, axis=1, exclusive=True), lengths)
+    texts.set_shape([None, layout.text_width])  # (broadcasting leaves the shape unknown)
     raw.update({name: texts[:, j] for j, name in enumerate(layout.strings)})
     at = len(layout.strings)
     for name in layout.lists:
@@ -486,7 +497,7 @@ def unpack_batch(columns: dict[str, RawColumn], stored: dict[str, str], rows: di
             at += 1
         raw[name] = tf.RaggedTensor.from_row_lengths(values, counts, validate=False)
         at += 1
-    flaw = rows["flaw"]
+    flaw = rows["ints"][:, -1]
     checks = [(tf.not_equal(flaw, code), f.message, None) for code, f in enumerate(layout.flaws)]
     return raw, checks
 
