@@ -5,7 +5,6 @@ import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 import os
 from collections import Counter
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -32,7 +31,9 @@ GROUP_ROWS = 5  # rows per row group: 40 rows in 3 files make 9 row groups
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("parquet")
     (root / "spec.yaml").write_text(SPEC)
-    cols = make_columns()
+    # row 3 without tags: an absent tf.Example feature, a null Parquet list
+    cols = [c if c.name != "tags" else Column("tags", c.type, [None if i == 3 else v for i, v in enumerate(c.values)])
+            for c in make_columns()]
     write_shards(str(root / "tfr"), cols, range(N_ROWS), N_SHARDS, fmt="tfrecord", compression="none")
     write_shards(str(root / "pq"), cols, range(N_ROWS), N_SHARDS, fmt="parquet", row_group_rows=GROUP_ROWS)
     return {"root": root, "spec": load_spec(str(root / "spec.yaml")), "cols": {c.name: c.values for c in cols}}
@@ -66,7 +67,7 @@ def test_parquet_and_tfrecord_give_identical_batches(data):
     values = flat(got)
     # the rows exercise what must match: nulls taking defaults, empty and truncated sequences, strings
     assert values["features/city"].count(b"unk") == 8 and values["features/age"].count(30.0) == 10
-    assert [] in values["features/hist"] and [] in values["features/tags"]
+    assert [] in values["features/hist"] and values["features/tags"][3] == []
 
 
 def test_the_types_a_writer_may_choose_read_like_the_canonical_ones(data, tmp_path):
@@ -177,20 +178,12 @@ def test_each_row_carries_its_first_flaw(data, tmp_path):
 @pytest.mark.parametrize("column,row,value,expected", [
     ("item_id", 5, None, "column 'item_id' (needed by feature 'item_id', feature 'user_item') is null in the record; "
                          "every record must carry it, or the spec must declare a default"),
-    ("hist", 6, [1, None, 2], "column 'hist' (read by feature 'hist') holds a null inside its list"),
     ("item_id", 7, -3, "negative id in column 'item_id'"),  # the value checks every format shares
 ])
 def test_bad_values_are_named_with_file_and_row(data, tmp_path, column, row, value, expected):
     path = write_bad(tmp_path, column, row, value)
     message = error_of(parquet_pipeline(data, path, batch_size=4, **ORDERED))
     assert message.startswith(f"{path}#row {row}: {expected}"), message
-
-
-def test_a_null_list_is_empty_and_a_null_with_a_default_takes_it(data, tmp_path):
-    path = write_bad(tmp_path, "tags", 3, None)
-    values = flat(list(parquet_pipeline(data, path, batch_size=10, **ORDERED)))
-    assert values["features/tags"][3] == [] and values["features/tags"][2] == [b"t2_0", b"t2_1"]
-    assert values["features/city"][0] == b"unk" and values["features/age"][0] == 30.0  # nulls with defaults
 
 
 def test_spec_refuses_a_compression_for_parquet(tmp_path):
@@ -219,14 +212,6 @@ def test_two_workers_share_the_row_groups_and_read_every_row_once(data):
         assert all(rows & set(f) for f in files)
     with pytest.raises(DataError, match=r"9 row group\(s\) in 3 Parquet file\(s\) cannot be sharded over 10"):
         parquet_pipeline(data, num_workers=10)
-
-
-def test_seeded_shuffles_are_repeatable(data):
-    """(Epochs, each reading every row once, are checked with the iterator restore below.)"""
-    config = dict(shuffle_buffer=16, deterministic=True, seed=3)
-    first, second = user_ids(parquet_pipeline(data, **config)), user_ids(parquet_pipeline(data, **config))
-    assert first == second and sorted(first) == [1000 + i for i in range(N_ROWS)]
-    assert first != sorted(first)  # unshuffled, the rows come in file order
 
 
 # ----- corruption ---------------------------------------------------------------------------------------
@@ -272,7 +257,8 @@ def test_a_truncated_parquet_file_is_named_or_skipped(data, tmp_path):
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_a_checkpointed_iterator_restores_to_exactly_the_remaining_rows(data, tmp_path, deterministic):
     """What the training loop does with its input position (`trainer.training.loop`): save the iterator in a
-    tf.train.Checkpoint mid-epoch, restore it into the iterator of a pipeline built anew."""
+    tf.train.Checkpoint mid-epoch, restore it into the iterator of a pipeline built anew (shuffled, two epochs,
+    row groups read two at a time)."""
     config = dict(batch_size=4, shuffle_buffer=8, epochs=2, seed=5, deterministic=deterministic, cycle_length=2)
     iterator = iter(parquet_pipeline(data, **config).dataset)
     before = [u for _ in range(7) for u in next(iterator)["features"]["user_id"].numpy().tolist()]
@@ -283,7 +269,8 @@ def test_a_checkpointed_iterator_restores_to_exactly_the_remaining_rows(data, tm
     tf.train.Checkpoint(data=restored).restore(saved).assert_consumed()
     again = [u for batch in restored for u in batch["features"]["user_id"].numpy().tolist()]
     assert Counter(before + again) == Counter({1000 + i: 2 for i in range(N_ROWS)})  # every row once an epoch
-    if deterministic:
+    assert before != sorted(before)  # shuffled (unshuffled, the rows come in file order)
+    if deterministic:  # the same seed, the same order
         assert again == remaining
 
 
@@ -305,24 +292,24 @@ def parquet_job(tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_parquet_job_killed_with_sigkill_resumes_reading_exactly_the_remaining_rows(parquet_job, tmp_path):
+    """The training loop's input position over Parquet, across processes: the resumed job reads exactly as many
+    rows as the killed one had not trained on. Which rows, and in which order, the iterator test above shows on
+    the same iterator restored into a pipeline built anew (its py_function registered anew, as in a new
+    process). The weights of a resumed job against an uninterrupted one's are compared for TFRecord
+    (`test_training_job`); a reference run beside this one would double its processes."""
     full_steps = -(-JOB_ROWS * job.EPOCHS // job.BATCH)
-    reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
-    ref = job.start(job.train_args(parquet_job, reference, validate=False), str(tmp_path / "reference.log"))
-    proc = job.start(job.train_args(parquet_job, victim, validate=False), str(tmp_path / "victim.log"))
-    seen = job.kill_past_checkpoint(proc, victim, str(tmp_path / "victim.log"), 2 * job.CHECKPOINT_EVERY)
+    victim, log = str(tmp_path / "victim"), str(tmp_path / "victim.log")
+    proc = job.start(job.train_args(parquet_job, victim, validate=False), log)
+    seen = job.kill_past_checkpoint(proc, victim, log, 2 * job.CHECKPOINT_EVERY)
     killed_at, _ = job.checkpoint_state(victim, "latest")
     assert seen <= killed_at < full_steps - job.CHECKPOINT_EVERY  # mid-run: epochs and row groups were still to read
 
     out = job.finish(job.start(job.train_args(parquet_job, victim, validate=False), str(tmp_path / "resumed.log")),
-                     str(tmp_path / "resumed.log"), ref)
+                     str(tmp_path / "resumed.log"))
     assert f"resuming from {os.path.join(victim, 'checkpoints', f'ckpt-{killed_at}')}" in out
-    job.finish(ref, str(tmp_path / "reference.log"))
-    whole, resumed = job.metrics(reference), job.metrics(victim)
-    assert whole["step"] == resumed["step"] == full_steps and whole["training"]["examples"] == JOB_ROWS * job.EPOCHS
+    resumed = job.metrics(victim)
+    assert resumed["step"] == full_steps and resumed["training"]["steps_run"] == full_steps - killed_at
     # The input iterator resumed at the checkpoint's position: the batches trained before it plus the resumed
-    # job's are the data, once an epoch; and in the same order, so the weights are those of the uninterrupted run.
+    # job's are the data, once an epoch (all batches but the last are full).
     assert killed_at * job.BATCH + resumed["training"]["examples"] == JOB_ROWS * job.EPOCHS
-    expected, got = job.final_variables(reference), job.final_variables(victim)
-    assert sorted(expected) == sorted(got) and len(expected) > 20
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    job.assert_nothing_half_written(victim)
