@@ -202,7 +202,8 @@ def test_csv_output(spec, tmp_path):
     assert any(r[col["city"]] == "" for r in rows) and all(r[col["video_id"]] for r in rows)
 
 
-@pytest.mark.parametrize("fmt, compression", [("tfrecord", "GZIP"), ("tfrecord", "none"), ("csv", "none")])
+@pytest.mark.parametrize("fmt, compression", [("tfrecord", "GZIP"), ("tfrecord", "none"), ("csv", "none"),
+                                              ("parquet", "none")])
 def test_file_names_match_write_shards(spec, tmp_path, fmt, compression):
     theirs = write_shards(str(tmp_path / "ref"), [Column("x", "int", list(range(5)))], range(5), 3,
                           fmt=fmt, compression=compression)
@@ -211,9 +212,9 @@ def test_file_names_match_write_shards(spec, tmp_path, fmt, compression):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n_rows": 0}, "n_rows"), ({"fmt": "parquet"}, "fmt"), ({"n_shards": 0}, "n_shards"),
+    ({"n_rows": 0}, "n_rows"), ({"fmt": "orc"}, "fmt"), ({"n_shards": 0}, "n_shards"),
     ({"compression": "ZLIB"}, "compression"), ({"seed": -1}, "seed"), ({"zipf_exponent": 0.0}, "zipf_exponent"),
-    ({"default_cardinality": 0}, "default_cardinality"),
+    ({"default_cardinality": 0}, "default_cardinality"), ({"row_group_rows": 0}, "row_group_rows"),
 ])
 def test_bad_arguments_are_named(spec, tmp_path, kwargs, message):
     args = {"n_rows": 10, **kwargs}

@@ -19,6 +19,7 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)  # and its Python-side r
 
 import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
 from trainer.errors import ExportError, IssuesError, PrerankError  # noqa: E402
+from trainer.spec.types import FORMATS  # noqa: E402  (no TensorFlow)
 
 EXIT_BAD_INPUT = 2
 NO_TENSORFLOW = ("validate", "report")  # commands that never import TensorFlow (train imports it itself)
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="run the input pipeline and print one batch")
     p.add_argument("spec")
     add_globs(p, "--data", "files to read (default: the spec's data.train)")
-    p.add_argument("--format", choices=("tfrecord", "csv"), help="default: the spec's data.format")
+    p.add_argument("--format", choices=FORMATS, help="default: the spec's data.format")
     p.add_argument("--batch-size", type=int, default=8)
     add_skip_corrupt(p)
     p.set_defaults(func=_inspect)
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord")
+    p.add_argument("--format", choices=FORMATS, default="tfrecord")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_synth)
