@@ -312,3 +312,29 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, 
         assert f"model directory error: the workers would resume from different checkpoints (this one: {resuming}); " \
                "give every worker the same --model-dir, on a filesystem they share" in output
     assert checkpoint_state(model_dir)[0] == steps + 2
+
+
+@pytest.mark.slow
+def test_a_bad_record_met_during_training_is_a_data_error_naming_it(job, tmp_path, capsys, monkeypatch):
+    """A NaN far past the first batches (the fit, reused here, never read it) stops the job with a data error
+    naming the file, record and column, not a TensorFlow traceback."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    from trainer.data.writers import Column, write_tfrecord
+    rng = np.random.default_rng(0)
+    n = 400
+    duration = rng.uniform(1, 100, n).tolist()
+    columns = lambda d: [Column("user_id", "int", rng.integers(0, 300, n).tolist()),  # noqa: E731
+                         Column("user_age", "float", rng.uniform(10, 60, n).tolist()),
+                         Column("hour", "int", (np.arange(n) % 24).tolist()),
+                         Column("video_id", "int", rng.integers(0, 500, n).tolist()),
+                         Column("duration", "float", d), Column("click", "int", (np.arange(n) % 2).tolist())]
+    clean, bad = str(tmp_path / "clean.tfrecord.gz"), str(tmp_path / "bad.tfrecord.gz")
+    write_tfrecord(clean, columns(duration), range(n))
+    write_tfrecord(bad, columns(duration[:300] + [float("nan")] + duration[301:]), range(n))
+    assert main(["analyze", job[0], "--data", clean, "--out", str(tmp_path / "fit")]) == 0
+    capsys.readouterr()
+    args = train_args((job[0], bad, None), str(tmp_path / "model"), "--preprocessing", str(tmp_path / "fit"),
+                      validate=False)
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"data error: {bad}#300: NaN or inf in column 'duration' (read by feature 'duration')" in err, err[-2000:]
