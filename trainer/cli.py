@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # and its Python-side retracing notes
 
 import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
-from trainer.errors import ExportError, IssuesError, PrerankError  # noqa: E402
+from trainer.errors import ConfigError, ExportError, IssuesError, PrerankError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 NO_TENSORFLOW = ("validate", "report")  # commands that never import TensorFlow (train imports it itself)
@@ -159,10 +159,28 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from trainer.data.datasets.synthetic import generate
+    from trainer.data.datasets.synthetic import generate, generate_tables
     from trainer.spec.loader import load_spec
-    result = generate(load_spec(args.spec), args.rows, args.out, fmt=args.format, n_shards=args.shards,
-                      seed=args.seed)
+    spec = load_spec(args.spec)
+    try:
+        if args.tables:
+            cardinalities = {}
+            for item in args.cardinality or ():
+                table, _, n = item.partition("=")
+                if not n.isdigit() or int(n) < 1:
+                    raise ValueError(f"--cardinality {item}: expected TABLE=N with N >= 1")
+                cardinalities[table] = int(n)
+            tables = generate_tables(spec, args.rows, args.out, user_key=args.user_key, item_key=args.item_key,
+                                     time_column=args.time_column, derived=tuple(args.derived or ()),
+                                     first_date=args.first_date, days=args.days, seed=args.seed,
+                                     cardinalities=cardinalities)
+            for name in ("impressions", "users", "items"):
+                print(f"{getattr(tables, name)}: {', '.join(tables.columns[name])}")
+            print(f"{tables.n_impressions} impressions, {tables.n_users} users, {tables.n_items} items -> {args.out}")
+            return
+        result = generate(spec, args.rows, args.out, fmt=args.format, n_shards=args.shards, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError.single("prerank synth", "", str(exc)) from None
     print(f"{result.n_rows} rows in {len(result.files)} files -> {args.out}")
 
 
@@ -377,13 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_skip_corrupt(p)
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("synth", help="generate synthetic data from a spec")
+    p = sub.add_parser("synth", help="generate synthetic data from a spec: joined rows, or raw tables to convert "
+                                     "(--tables)")
     p.add_argument("spec")
-    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--rows", type=int, required=True, help="rows (with --tables: impressions)")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    raw = p.add_argument_group("raw tables (--tables): impressions.parquet, users.parquet, items.parquet, streamed")
+    raw.add_argument("--tables", action="store_true", help="write raw, unjoined tables for `prerank convert`")
+    raw.add_argument("--derived", nargs="+", metavar="COLUMN", help="columns convert derives (--derive, --history):"
+                                                                   " left out of the tables")
+    raw.add_argument("--user-key", help="the users table's key (default: the first categorical user feature)")
+    raw.add_argument("--item-key", help="the items table's key (default: the first categorical item feature)")
+    raw.add_argument("--time-column", default="time_ms", help="the impressions' time, epoch milliseconds")
+    raw.add_argument("--first-date", type=int, default=20220401, help="first day of the impressions (yyyymmdd)")
+    raw.add_argument("--days", type=int, default=7, help="days the impressions span")
+    raw.add_argument("--cardinality", nargs="+", metavar="TABLE=N", help="ids in an embedding table (the users "
+                                                                         "and items tables get one row per id)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("train", help="the training job (same as python -m trainer.task)")

@@ -112,7 +112,7 @@ def convert(spec: Spec | None, table: Table, out_dir: str, *, partition_by: str,
         os.makedirs(temp)
         with EngineMonitor(con) as monitor:
             files = _write(con, plan, counts, temp, fmt, compression, delimiter, files_per_partition,
-                           rows_per_file, log)
+                           rows_per_file)
         con.close()
         if os.path.exists(out_dir):
             os.rmdir(out_dir)  # the empty folder it may be
@@ -244,7 +244,6 @@ def _write(con: duckdb.DuckDBPyConnection, plan: Plan, counts: dict[str, int], t
                 if current is not None:
                     current.close()
                     files += current.paths
-                    log(f"{plan.partition_name}={current_value}: {current.written} rows")
                 n = counts[value]
                 n_files = files_per_partition or max(1, math.ceil(n / rows_per_file))
                 current = _Partition(os.path.join(temp, f"{plan.partition_name}={value}"), n, n_files, open_file)
@@ -254,7 +253,6 @@ def _write(con: duckdb.DuckDBPyConnection, plan: Plan, counts: dict[str, int], t
     if current is not None:
         current.close()
         files += current.paths
-        log(f"{plan.partition_name}={current_value}: {current.written} rows")
     if written != counts:
         raise DataError(f"the engine returned {sum(written.values())} rows for {sum(counts.values())} impressions "
                         "(a join multiplied or dropped rows)")
