@@ -220,8 +220,7 @@ class _Partition:
 
 
 def _write(con: duckdb.DuckDBPyConnection, plan: Plan, counts: dict[str, int], temp: str, fmt: str,
-           compression: str, delimiter: str, files_per_partition: int | None, rows_per_file: int,
-           log: Callable[[str], None]) -> list[str]:
+           compression: str, delimiter: str, files_per_partition: int | None, rows_per_file: int) -> list[str]:
     names = [c.name for c in plan.outputs]
     reader = con.sql(plan.query()).to_arrow_reader(BATCH_ROWS)
     schema = pa.schema([f for f in reader.schema if f.name != PARTITION])

@@ -217,13 +217,14 @@ def build_plan(con: duckdb.DuckDBPyConnection, spec: Spec | None, table: Table, 
                 reads.add(name)
             return None if bound is None else bound.sql
 
-        sql, _ = compile_expression(derive, resolve, ns.names, ns.type_of, ns.read_by(derive.name))
+        read_by = ns.read_by(derive.name)
+        sql, _ = compile_expression(derive, resolve, ns.names, ns.type_of, read_by)
         sql = f"({sql})"
         try:
             kind = ns.type_of(sql)
         except duckdb.Error as exc:
-            raise ConfigError.single(f"--derive {derive.text}", "", "the engine refuses it: "
-                                     f"{str(exc).splitlines()[0]}") from None
+            where = f"--derive {derive.text}" + (f" (read by {read_by})" if read_by else "")
+            raise ConfigError.single(where, "", f"the engine refuses it: {str(exc).splitlines()[0]}") from None
         ns.derived[derive.name] = Bound(sql, kind, f"--derive {derive.text}",
                                         all(ns.bound(r).impressions_only for r in reads))
 
@@ -270,7 +271,8 @@ def build_plan(con: duckdb.DuckDBPyConnection, spec: Spec | None, table: Table, 
             from_sql += (f" ASOF LEFT JOIN ({history_sql(history, events, 'u', 't', 'i', 'l' if label else None)})"
                          f" AS {alias} ON {user_b.sql} = {alias}.__user AND {time_b.sql} > {alias}.__time")
             element = "BIGINT" if item.type in INTEGERS else "VARCHAR"
-            history_columns[history.name] = (f"{alias}.__history", f"{element}[]")
+            history_columns[history.name] = (f"coalesce({alias}.__history, CAST([] AS {element}[]))",
+                                             f"{element}[]")
         ns.from_sql = from_sql
 
     wanted = list(readers) + [c for c in keep if c not in readers]
