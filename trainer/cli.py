@@ -341,13 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="feature spec YAML: its columns are written, each checked for its type")
     add_globs(p, "--table", "the impressions table: Parquet (.parquet) or CSV (.csv, .csv.gz, with a header)",
               required=True)
-    p.add_argument("--join", nargs="+", metavar="GLOB:KEY[:PREFIX[:COLUMNS]]",
+    p.add_argument("--join", nargs="+", action="extend", metavar="GLOB:KEY[:PREFIX[:COLUMNS]]",
                    help="side tables joined on KEY (LEFT JOIN: no impression is dropped; a key twice in a side "
                         "table is an error); PREFIX is put before their column names, COLUMNS (comma-separated) "
                         "takes only those; joined in order, a key may come from an earlier side table")
-    p.add_argument("--derive", nargs="+", metavar="NAME=EXPR", help="derived columns, e.g. 'long_view=play_time_ms "
+    p.add_argument("--derive", nargs="+", action="extend", metavar="NAME=EXPR", help="derived columns, e.g. 'long_view=play_time_ms "
                                                                    ">= 18000' 'date=date(time_ms)' (see below)")
-    p.add_argument("--history", nargs="+", metavar="NAME=ITEM[:LABEL]:N",
+    p.add_argument("--history", nargs="+", action="extend", metavar="NAME=ITEM[:LABEL]:N",
                    help="per user, the last N values of ITEM (only rows with LABEL set, if given) strictly before "
                         "each impression's time, oldest first; needs --user and --time")
     p.add_argument("--user", help="the impressions' user column (for --history)")
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("parquet", "tfrecord", "csv"), default="parquet",
                    help="parquet (default), tfrecord (tf.Example) or csv")
     p.add_argument("--compression", choices=("GZIP", "none"), default="GZIP", help="TFRecord compression")
-    p.add_argument("--keep", nargs="+", metavar="COLUMN", help="columns written besides the spec's")
+    p.add_argument("--keep", nargs="+", action="extend", metavar="COLUMN", help="columns written besides the spec's")
     files = p.add_mutually_exclusive_group()
     files.add_argument("--files-per-partition", type=int, help="files of nearly equal size per partition")
     files.add_argument("--rows-per-file", type=int, default=1_000_000,

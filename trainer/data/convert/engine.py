@@ -5,8 +5,11 @@ and an ASOF join) and the sort by partition and table order out of core: past
 `memory_limit` its hash tables, sorts and windows spill to `temp_dir`, so a
 table larger than memory converts. It reads Parquet and CSV itself and hands
 the result over as Arrow record batches, which prerank's writers stream into
-files. (Polars was the other candidate; its streaming engine does not cover
-window functions and ASOF joins out of core, which the histories need.)
+files. (Polars was the other candidate; its streaming engine falls back to
+its in-memory engine, without a word, for operations it does not stream
+natively (its tracking issue pola-rs/polars#20947), so whether the
+histories' window functions and as-of join stay out of core would depend on
+its version. DuckDB spills them, and its SQL has both.)
 """
 import os
 import shutil

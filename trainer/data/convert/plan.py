@@ -36,9 +36,10 @@ def _is_decimal(kind: str) -> bool:
 
 
 def _element(kind: str) -> str | None:
-    """The element type of a list (T[]) or array (T[n]) type; None for a scalar."""
+    """The element type of a list (T[]) or array (T[n]) type; None for a scalar. An empty list constant ([]) has
+    elements of type NULL."""
     match = re.match(r"^(.*)\[[0-9]*\]$", kind)
-    return match.group(1) if match else None
+    return match.group(1).strip('"') if match else None
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,7 @@ def _cast(sql: str, kind: str, col: RawColumn | None, name: str, origin: str) ->
         refuse("an integer, a float, a string or a list of them")
     if col.shape == "list":
         want = "BIGINT" if col.dtype == "int64" else "VARCHAR"
-        family = INTEGERS if col.dtype == "int64" else STRINGS
+        family = (INTEGERS if col.dtype == "int64" else STRINGS) + ("NULL",)
         if element is None or element not in family:
             hint = (f"derive it from a delimited text with --derive {name}=split({name}, ',')"
                     if kind in STRINGS else "")
