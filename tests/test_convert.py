@@ -101,21 +101,25 @@ def test_parquet_files_follow_the_contract(sample_parquet):
     assert types["long_view"] == types["is_click"] == pa.int64()  # booleans written as 0 / 1
 
 
-def test_tfrecord_output_reads_through_the_pipeline_with_the_same_values(sample_parquet, tmp_path):
+def test_parquet_and_tfrecord_outputs_read_through_the_pipeline_to_the_same_batches(sample_parquet, tmp_path):
     spec = load_spec(SAMPLE_SPEC)
-    result = convert_sample(str(tmp_path / "tfrecord"), fmt="tfrecord")
-    assert all(f.endswith(".tfrecord.gz") for f in result.files)
-    pipeline = make_pipeline(spec, os.path.join(result.out_dir, "date=*", "*.tfrecord.gz"),
-                             InputConfig(batch_size=5000, shuffle_buffer=0, deterministic=True, cycle_length=1))
-    batch = next(iter(pipeline))
+    tfrecord = convert_sample(str(tmp_path / "tfrecord"), fmt="tfrecord")
+    assert all(f.endswith(".tfrecord.gz") for f in tfrecord.files)
+    config = InputConfig(batch_size=5000, shuffle_buffer=0, deterministic=True, cycle_length=1)
+    from_parquet = next(iter(make_pipeline(spec, os.path.join(sample_parquet.out_dir, "date=*", "*.parquet"),
+                                           config)))  # the spec's data.format: parquet
+    from_tfrecord = next(iter(make_pipeline(spec, os.path.join(tfrecord.out_dir, "date=*", "*.tfrecord.gz"), config,
+                                            fmt="tfrecord", compression="GZIP")))
     rows = read_rows(sample_parquet.out_dir)
-    features = batch["features"]
-    assert features["user_id"].numpy().tolist() == [r["user_id"] for r in rows]
-    assert features["watch_seq"].to_list() == [r["watch_seq"] for r in rows]
-    assert [[t.decode() for t in ts] for ts in features["tags"].to_list()] == [r["tags"] for r in rows]
-    assert features["region"].numpy().tolist() == [-1 if r["region"] is None else r["region"] for r in rows]
-    np.testing.assert_allclose(features["follow_count"].numpy(), [r["follow_count"] for r in rows], rtol=1e-6)
-    assert batch["labels"]["long_view"].numpy().tolist() == [float(r["long_view"]) for r in rows]
+    for batch in (from_parquet, from_tfrecord):
+        features = batch["features"]
+        assert features["user_id"].numpy().tolist() == [r["user_id"] for r in rows]
+        assert features["watch_seq"].to_list() == [r["watch_seq"] for r in rows]
+        assert [[t.decode() for t in ts] for ts in features["tags"].to_list()] == [r["tags"] for r in rows]
+        assert features["region"].numpy().tolist() == [-1 if r["region"] is None else r["region"] for r in rows]
+        np.testing.assert_allclose(features["follow_count"].numpy(), [r["follow_count"] for r in rows], rtol=1e-6)
+        assert batch["labels"]["long_view"].numpy().tolist() == [float(r["long_view"]) for r in rows]
+        assert batch["group"].numpy().tolist() == [f"{r['user_id']}|{r['date']}".encode() for r in rows]
 
 
 def test_conversions_are_reproducible_byte_for_byte(sample_parquet, tmp_path):

@@ -211,7 +211,7 @@ def test_file_names_match_write_shards(spec, tmp_path, fmt, compression):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n_rows": 0}, "n_rows"), ({"fmt": "parquet"}, "fmt"), ({"n_shards": 0}, "n_shards"),
+    ({"n_rows": 0}, "n_rows"), ({"fmt": "orc"}, "fmt"), ({"n_shards": 0}, "n_shards"),
     ({"compression": "ZLIB"}, "compression"), ({"seed": -1}, "seed"), ({"zipf_exponent": 0.0}, "zipf_exponent"),
     ({"default_cardinality": 0}, "default_cardinality"),
 ])

@@ -140,26 +140,32 @@ def final_variables(model_dir: str) -> dict[str, np.ndarray]:
             if name.split("/")[0] in ("model", "ftrl", "adagrad", "step")}
 
 
-@pytest.mark.slow
-def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_like_an_uninterrupted_one(
-        job, tmp_path, capsys, monkeypatch):
-    reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
-    ref = start(train_args(job, reference), str(tmp_path / "reference.log"))
-    proc = start(train_args(job, victim), str(tmp_path / "victim.log"))
-    # Wait for a checkpoint past the first few and for the job to have trained beyond it, then kill -9.
+def kill_past_checkpoint(proc: subprocess.Popen, model_dir: str, log: str, at_least: int) -> int:
+    """Wait for a checkpoint at step `at_least` or later and for the job to have trained beyond it, then kill -9
+    the job; the step of that checkpoint."""
     deadline, seen = time.time() + TIMEOUT, None
     while time.time() < deadline and proc.poll() is None:
-        latest, _ = checkpoint_state(victim, "none")
-        if latest is not None and latest >= 3 * CHECKPOINT_EVERY and max([0, *history_steps(victim, False)]) > latest:
+        latest, _ = checkpoint_state(model_dir, "none")
+        if latest is not None and latest >= at_least and max([0, *history_steps(model_dir, False)]) > latest:
             seen = latest
             break
         time.sleep(0.05)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    with open(tmp_path / "victim.log") as fh:
+    with open(log) as fh:
         assert seen is not None and proc.returncode == -signal.SIGKILL, \
             f"killed too late (exit {proc.returncode}); output:\n{fh.read()[-3000:]}"
+    return seen
+
+
+@pytest.mark.slow
+def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_like_an_uninterrupted_one(
+        job, tmp_path, capsys, monkeypatch):
+    reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
+    ref = start(train_args(job, reference), str(tmp_path / "reference.log"))
+    proc = start(train_args(job, victim), str(tmp_path / "victim.log"))
+    seen = kill_past_checkpoint(proc, victim, str(tmp_path / "victim.log"), 3 * CHECKPOINT_EVERY)
     killed_at, _ = checkpoint_state(victim, "latest")  # what the killed job left: a complete latest checkpoint
     assert killed_at >= seen
     trained_before_kill = max(history_steps(victim, False))

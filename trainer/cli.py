@@ -19,6 +19,7 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)  # and its Python-side r
 
 import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
 from trainer.errors import ConfigError, ExportError, IssuesError, PrerankError  # noqa: E402
+from trainer.spec.types import FORMATS  # noqa: E402  (no TensorFlow)
 
 EXIT_BAD_INPUT = 2
 NO_TENSORFLOW = ("validate", "report")  # commands that never import TensorFlow (train imports it itself)
@@ -272,7 +273,7 @@ def _convert_epilog() -> str:
             "    --join data/sample/users.parquet:user_id data/sample/items.parquet:video_id \\\n"
             "    --derive 'date=date(time_ms)' 'hour=hour(time_ms)' 'long_view=play_time_ms >= 30000' \\\n"
             "    --history watch_seq=video_id:20 click_seq=video_id:is_click:10 --user user_id --time time_ms \\\n"
-            "    --partition-by date --format tfrecord --out out/sample")
+            "    --partition-by date --out out/sample")
 
 
 def add_globs(parser, flag: str, what: str, required: bool = False) -> None:
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="run the input pipeline and print one batch")
     p.add_argument("spec")
     add_globs(p, "--data", "files to read (default: the spec's data.train)")
-    p.add_argument("--format", choices=("tfrecord", "csv"), help="default: the spec's data.format")
+    p.add_argument("--format", choices=FORMATS, help="default: the spec's data.format")
     p.add_argument("--batch-size", type=int, default=8)
     add_skip_corrupt(p)
     p.set_defaults(func=_inspect)
@@ -400,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--rows", type=int, required=True, help="rows (with --tables: impressions)")
     p.add_argument("--out", required=True)
-    p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord")
+    p.add_argument("--format", choices=FORMATS, default="tfrecord")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     raw = p.add_argument_group("raw tables (--tables): impressions.parquet, users.parquet, items.parquet, streamed")

@@ -1,8 +1,9 @@
 """How records are stored and named: record ids, their origins, padding, compression, TF error text.
 
 Every record the pipeline reads carries an int64 id: its file's index shifted
-by `RECORD_BITS`, plus its record number (TFRecord) or line number (CSV). A
-parse error's origin (`file#record` or `file:line`) is rebuilt from it.
+by `RECORD_BITS`, plus its record number (TFRecord), line number (CSV) or row
+number (Parquet, from 0 in the file). A parse error's origin (`file#record`,
+`file:line` or `file#row N`) is rebuilt from it.
 
 The id rule (one rule for data and serving):
 
@@ -22,7 +23,7 @@ import re
 import tensorflow as tf
 
 PAD_ID, PAD_STRING = -1, ""  # right padding of `pad_sequences` batches and serving sequences; never an id
-RECORD_BITS = 40  # a record id is file_index << RECORD_BITS | record number (TFRecord) or line number (CSV)
+RECORD_BITS = 40  # a record id is file_index << RECORD_BITS | record (TFRecord), line (CSV) or row (Parquet) number
 
 
 def tfrecord_compression(compression: str) -> str:
@@ -30,11 +31,14 @@ def tfrecord_compression(compression: str) -> str:
     return "" if compression == "none" else compression
 
 
+_ORIGIN_SEPARATOR = {"csv": ":", "parquet": "#row "}  # TFRecord: "#"
+
+
 def record_origins(ids: tf.Tensor, files: list[str] | tf.Tensor, fmt: str) -> tf.Tensor:
-    """`file#record` (TFRecord) or `file:line` (CSV) for record ids."""
+    """`file#record` (TFRecord), `file:line` (CSV) or `file#row N` (Parquet) for record ids."""
     paths = tf.constant(files) if isinstance(files, list) else files
     return tf.strings.join([tf.gather(paths, ids // (1 << RECORD_BITS)),
-                            tf.strings.as_string(ids % (1 << RECORD_BITS))], separator=":" if fmt == "csv" else "#")
+                            tf.strings.as_string(ids % (1 << RECORD_BITS))], separator=_ORIGIN_SEPARATOR.get(fmt, "#"))
 
 
 def clean_message(message: str) -> str:

@@ -1,14 +1,16 @@
 """Writing columnar data as tf.Example TFRecord, CSV or Parquet files the pipeline reads.
 
-Two paths. Python values (`Column`, typed once: `int` (int64_list), `float`
-(float_list), `str` (bytes_list), or lists of those), for small data and
-tests. And Arrow record batches streamed into one part file at a time
-(`open_part`), for conversions of any size: Parquet directly, TFRecord through
-the vectorised tf.Example encoder (`trainer.data.example_encoding`), CSV
-through Arrow's CSV writer. Either way a missing value (None, null) is
-written as an absent feature (TFRecord), an empty cell (CSV) or a null
-(Parquet): the spec decides whether a default applies or the record is an
-error.
+Two paths. Python values (`Column`, typed once: `int` (int64_list; Parquet
+int64), `float` (float_list; Parquet double), `str` (bytes_list; Parquet
+string), or lists of those), for small data and tests. And Arrow record
+batches streamed into one part file at a time (`open_part`), for conversions
+of any size: Parquet directly, TFRecord through the vectorised tf.Example
+encoder (`trainer.data.example_encoding`), CSV through Arrow's CSV writer.
+Either way a missing value (None, null) is written as an absent feature
+(TFRecord), an empty cell (CSV) or a null (Parquet): the spec decides whether
+a default applies or the record is an error. Parquet files are written in row
+groups of `PARQUET_ROW_GROUP_ROWS` rows (the unit the pipeline shards and
+reads), with page checksums, so that a damaged page is found when read.
 """
 import csv
 import math
@@ -29,6 +31,9 @@ from trainer.data.records import tfrecord_compression
 from trainer.files import atomic_path
 
 COLUMN_TYPES = ("int", "float", "str", "int_list", "float_list", "str_list")
+PARQUET_ROW_GROUP_ROWS = 50_000  # rows per Parquet row group
+_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "int_list": pa.list_(pa.int64()),
+                "float_list": pa.list_(pa.float32()), "str_list": pa.list_(pa.string())}
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,17 @@ def write_csv(path: str, columns: Sequence[Column], rows: range, list_delimiter:
     return len(rows)
 
 
+def write_parquet(path: str, columns: Sequence[Column], rows: range,
+                  row_group_rows: int = PARQUET_ROW_GROUP_ROWS) -> int:
+    """Write rows to one Parquet file atomically, in row groups of `row_group_rows` rows."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    every = [c.values if rows == range(len(c.values)) else [c.values[i] for i in rows] for c in columns]
+    table = pa.table({c.name: pa.array(values, _ARROW_TYPES[c.type]) for c, values in zip(columns, every)})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_rows, write_page_checksum=True)
+    return len(rows)
+
+
 def shard_ranges(n_rows: int, n_shards: int) -> list[range]:
     """Split row indexes into `n_shards` contiguous, nearly equal ranges."""
     n_shards = max(1, min(n_shards, n_rows)) if n_rows else 1
@@ -108,32 +124,35 @@ def shard_ranges(n_rows: int, n_shards: int) -> list[range]:
 
 
 def write_shards(out_dir: str, columns: Sequence[Column], rows: Sequence[int] | range, n_shards: int,
-                 fmt: str = "tfrecord", compression: str = "GZIP", list_delimiter: str = "|") -> list[str]:
+                 fmt: str = "tfrecord", compression: str = "GZIP", list_delimiter: str = "|",
+                 row_group_rows: int = PARQUET_ROW_GROUP_ROWS) -> list[str]:
     """Write `rows` as `part-XXXXX` files in `out_dir`; return the paths."""
     rows = list(rows)
     paths = []
     for k, chunk in enumerate(shard_ranges(len(rows), n_shards)):
         idx = rows[chunk.start:chunk.stop]
         sub = [Column(c.name, c.type, [c.values[i] for i in idx]) for c in columns]
-        paths.append(write_shard(out_dir, k, sub, range(len(idx)), fmt, compression, list_delimiter))
+        paths.append(write_shard(out_dir, k, sub, range(len(idx)), fmt, compression, list_delimiter, row_group_rows))
     return paths
 
 
 def shard_path(out_dir: str, k: int, fmt: str, compression: str) -> str:
     """The path of shard `k`: `part-XXXXX.tfrecord[.gz]`, `part-XXXXX.csv` or `part-XXXXX.parquet`."""
-    if fmt == "csv":
-        return os.path.join(out_dir, f"part-{k:05d}.csv")
-    if fmt == "parquet":
-        return os.path.join(out_dir, f"part-{k:05d}.parquet")
+    if fmt in ("csv", "parquet"):
+        return os.path.join(out_dir, f"part-{k:05d}.{fmt}")
     return os.path.join(out_dir, f"part-{k:05d}" + (".tfrecord.gz" if compression == "GZIP" else ".tfrecord"))
 
 
 def write_shard(out_dir: str, k: int, columns: Sequence[Column], rows: range, fmt: str = "tfrecord",
-                compression: str = "GZIP", list_delimiter: str = "|") -> str:
-    """Write `rows` as shard `k` of `out_dir` (CSV is written uncompressed); its path."""
+                compression: str = "GZIP", list_delimiter: str = "|",
+                row_group_rows: int = PARQUET_ROW_GROUP_ROWS) -> str:
+    """Write `rows` as shard `k` of `out_dir` (`compression` applies to TFRecord only: CSV is written
+    uncompressed, Parquet compresses inside the file); its path."""
     path = shard_path(out_dir, k, fmt, compression)
     if fmt == "tfrecord":
         write_tfrecord(path, columns, rows, compression)
+    elif fmt == "parquet":
+        write_parquet(path, columns, rows, row_group_rows)
     else:
         write_csv(path, columns, rows, list_delimiter)
     return path
@@ -141,7 +160,6 @@ def write_shard(out_dir: str, k: int, columns: Sequence[Column], rows: range, fm
 
 # ---- Arrow record batches, streamed into part files ----
 
-PARQUET_ROW_GROUP = 65_536  # rows per Parquet row group
 PART_FORMATS = ("parquet", "tfrecord", "csv")
 
 
@@ -179,14 +197,14 @@ class PartWriter:
 
 
 class ParquetPart(PartWriter):
-    """A Parquet file (Snappy), rows gathered into row groups of `row_group` rows."""
+    """A Parquet file (Snappy, page checksums), rows gathered into row groups of `row_group` rows."""
 
-    def __init__(self, path: str, schema: pa.Schema, row_group: int = PARQUET_ROW_GROUP):
+    def __init__(self, path: str, schema: pa.Schema, row_group: int = PARQUET_ROW_GROUP_ROWS):
         super().__init__(path, schema)
         self.row_group = row_group
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._writer = pq.ParquetWriter(path, self.schema, compression="snappy")
+        self._writer = pq.ParquetWriter(path, self.schema, compression="snappy", write_page_checksum=True)
 
     def _write(self, batch: pa.RecordBatch) -> None:
         self._pending.append(batch)

@@ -131,6 +131,9 @@ def _read_data(r: Reader, raw: Any, base: str) -> DataSource:
     if delimiter is not None and (not delimiter or delimiter in ',"\n\r'):
         r.error(("data", "list_delimiter"), f"expected a non-empty separator other than a comma, quote or line "
                                             f"break (CSV uses those), got {delimiter!r}")
+    if d["format"] == "parquet" and d["compression"] not in (None, "none"):
+        r.error(("data", "compression"), f"Parquet files compress inside themselves (their writer chooses the "
+                                         f"codec); leave compression out or set it to none, got {d['compression']!r}")
     splits = {split: _read_globs(r, d[split], ("data", split), base) for split in ("train", "validation", "eval")}
     return DataSource(format=d["format"] or "tfrecord", compression=d["compression"] or "none",
                       list_delimiter=d["list_delimiter"] or "|", **splits)

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trainer.data.writers import PARQUET_ROW_GROUP, Column, shard_ranges, write_shard
+from trainer.data.writers import PARQUET_ROW_GROUP_ROWS, Column, shard_ranges, write_shard
 from trainer.spec.types import COMPRESSIONS, FORMATS, Feature, Spec
 
 HIDDEN_DIM = 8  # size of the hidden space where user-side and item-side vectors meet
@@ -65,20 +65,22 @@ class SyntheticResult:
 
 def generate(spec: Spec, n_rows: int, out_dir: str, *, fmt: str = "tfrecord", compression: str = "GZIP",
              n_shards: int = 4, seed: int = 0, zipf_exponent: float = 1.1,
-             default_cardinality: int = 10_000) -> SyntheticResult:
+             default_cardinality: int = 10_000, row_group_rows: int = PARQUET_ROW_GROUP_ROWS) -> SyntheticResult:
     """Write `n_rows` synthetic rows for `spec` as `part-XXXXX` shards in `out_dir`.
 
-    `compression` applies to TFRecord shards; CSV shards are written uncompressed (as
-    `write_shards` does). Ids follow a Zipf law with `zipf_exponent`; tables without a
+    `fmt` is tfrecord, csv or parquet. `compression` applies to TFRecord shards; CSV shards are written
+    uncompressed (as `write_shards` does), Parquet shards compress inside (in row groups of
+    `row_group_rows` rows). Ids follow a Zipf law with `zipf_exponent`; tables without a
     `cardinality` in the spec get `default_cardinality` ids. `out_dir` must hold no shards yet.
     """
-    _check_args(n_rows, out_dir, fmt, compression, n_shards, seed, zipf_exponent, default_cardinality)
+    _check_args(n_rows, out_dir, fmt, compression, n_shards, seed, zipf_exponent, default_cardinality, row_group_rows)
     gen = _Generator(spec, n_rows, seed, zipf_exponent, default_cardinality)
     columns = gen.columns()
     files = []
     for k, rows in enumerate(shard_ranges(n_rows, n_shards)):
         chunk = [Column(name, col.type, col.values(rows.start, rows.stop)) for name, col in columns.items()]
-        files.append(write_shard(out_dir, k, chunk, range(len(rows)), fmt, compression, spec.data.list_delimiter))
+        files.append(write_shard(out_dir, k, chunk, range(len(rows)), fmt, compression, spec.data.list_delimiter,
+                                 row_group_rows))
     return SyntheticResult(tuple(files), n_rows, tuple(columns), gen.scores)
 
 
@@ -115,7 +117,8 @@ def generate_tables(spec: Spec, n_impressions: int, out_dir: str, *, user_key: s
       cardinalities: table name -> ids in it (default: the spec's `cardinality`, else `default_cardinality`);
         the users and items tables have one row per id of their key's table.
     """
-    _check_args(n_impressions, out_dir, "tfrecord", "none", 1, seed, zipf_exponent, default_cardinality)
+    _check_args(n_impressions, out_dir, "tfrecord", "none", 1, seed, zipf_exponent, default_cardinality,
+                PARQUET_ROW_GROUP_ROWS)
     derived_set = set(derived)
     user_key = user_key or _first_key(spec, ("user",))
     item_key = item_key or _first_key(spec, ("item",))
@@ -165,7 +168,7 @@ def generate_tables(spec: Spec, n_impressions: int, out_dir: str, *, user_key: s
         batch = pa.table({c: values[c].arrow() for c in impression_columns})
         if writer is None:
             writer = pq.ParquetWriter(paths["impressions"], batch.schema, compression="snappy")
-        writer.write_table(batch, row_group_size=PARQUET_ROW_GROUP)
+        writer.write_table(batch, row_group_size=PARQUET_ROW_GROUP_ROWS)
     writer.close()
     return RawTables(paths["impressions"], paths["users"], paths["items"], n_impressions, tables["users"].n,
                      tables["items"].n, {"impressions": tuple(impression_columns),
@@ -194,11 +197,11 @@ def _epoch_ms(yyyymmdd: int) -> int:
 
 def _write_parquet(path: str, columns: Mapping[str, "_Values"]) -> None:
     pq.write_table(pa.table({c: v.arrow() for c, v in columns.items()}), path, compression="snappy",
-                   row_group_size=PARQUET_ROW_GROUP)
+                   row_group_size=PARQUET_ROW_GROUP_ROWS)
 
 
 def _check_args(n_rows: int, out_dir: str, fmt: str, compression: str, n_shards: int, seed: int,
-                zipf_exponent: float, default_cardinality: int) -> None:
+                zipf_exponent: float, default_cardinality: int, row_group_rows: int) -> None:
     def positive_int(name: str, value: object) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -206,6 +209,7 @@ def _check_args(n_rows: int, out_dir: str, fmt: str, compression: str, n_shards:
     positive_int("n_rows", n_rows)
     positive_int("n_shards", n_shards)
     positive_int("default_cardinality", default_cardinality)
+    positive_int("row_group_rows", row_group_rows)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if fmt not in FORMATS:
