@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=5_000_000, help="impressions (default 5,000,000)")
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--small-memory", default="256MB", help="the out-of-core variant's engine memory limit")
+    parser.add_argument("--small-memory", default="512MB", help="the out-of-core variant's engine memory limit")
     parser.add_argument("--threads", type=int, help="engine threads (default: one per core)")
     parser.add_argument("--keep", help="folder for the raw tables, kept (and reused when it holds them)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                     cb.Variant(f"parquet, engine limit {args.small_memory}", "parquet", args.small_memory),
                     cb.Variant("parquet, no histories", "parquet", "2GB", histories=False)]
         imports = cb.measure(os.path.abspath(__file__), [], cb.Variant("imports only", "", ""))
+        assert isinstance(imports, cb.Measured), imports
         results = []
         for k, variant in enumerate(variants):
             out = os.path.join(scratch, f"out{k}")
@@ -73,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
             results.append(cb.measure(os.path.abspath(__file__),
                                       cb.convert_command(SPEC, tables, out, variant, args.threads), variant))
             shutil.rmtree(out, ignore_errors=True)
-        print(f"\n{results[0].rows:,} impressions ({raw_bytes / 2**20:,.0f} MiB of raw Parquet), "
-              f"{os.cpu_count()} cores:")
+        print(f"\n{args.rows:,} impressions ({raw_bytes / 2**20:,.0f} MiB of raw Parquet), {os.cpu_count()} cores:")
         print("| variant | seconds | impressions/s | process peak RSS | engine peak | engine spilled | output |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for r in results:
+        for variant, r in zip(variants, results):
+            if not isinstance(r, cb.Measured):
+                print(f"| {variant.name} | failed: {r} | | | | | |")
+                continue
             print(f"| {r.variant.name} | {r.seconds:,.1f} | {r.rate:,.0f} | {r.process_peak_rss / 2**20:,.0f} MiB | "
                   f"{r.engine_peak / 2**20:,.0f} MiB | {r.engine_spilled / 2**20:,.0f} MiB | "
                   f"{r.output_bytes / 2**20:,.0f} MiB in {r.files} files |")
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
               "DuckDB, pyarrow: a process that imports and converts nothing).")
         base = results[0]
         for r in results[1:]:
-            print(f"{r.variant.name} / parquet: {r.seconds / base.seconds:.2f}x the time")
+            if isinstance(r, cb.Measured) and isinstance(base, cb.Measured):
+                print(f"{r.variant.name} / parquet: {r.seconds / base.seconds:.2f}x the time")
         new, old = cb.encoder_rates()
         print(f"tf.Example encoding, 50,000 rows of 11 columns: vectorised {new:,.0f} rows/s, per-row writer "
               f"{old:,.0f} rows/s ({new / old:.1f}x)")

@@ -10,6 +10,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -88,15 +89,18 @@ def run_child(args: list[str]) -> dict:
             "engine_spilled": result.engine_spilled_bytes, "files": len(result.files), "bytes": size}
 
 
-def measure(script: str, args: list[str], variant: Variant) -> Measured:
-    """Run the conversion in a child process; its result and its peak RSS."""
-    child = subprocess.Popen([sys.executable, script, "--child", json.dumps(args)], stdout=subprocess.PIPE,
-                             text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    out = child.stdout.read()
-    child.stdout.close()
+def measure(script: str, args: list[str], variant: Variant) -> Measured | str:
+    """Run the conversion in a child process; its result and its peak RSS, or the child's last error line."""
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        child = subprocess.Popen([sys.executable, script, "--child", json.dumps(args)], stdout=out_file,
+                                 stderr=err_file, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     if status != 0:
-        raise RuntimeError(f"{variant.name}: the conversion failed (status {status})")
+        return [line for line in err.splitlines() if line.strip()][-1]
     result = json.loads(out.strip().splitlines()[-1])
     return Measured(variant, result["rows"], result["seconds"], usage.ru_maxrss * 1024, result["engine_peak"],
                     result["engine_spilled"], result["files"], result["bytes"])

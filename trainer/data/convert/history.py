@@ -6,12 +6,16 @@ those whose LABEL is set: non-zero, true), oldest first. Impressions with
 the same time see none of each other: a row never sees its own event, one at
 its own time, or a later one.
 
-How (all in the engine, out of core): the impressions are grouped by (user,
-time); each group lists its items in table order; a window over a user's
-groups, in time order, gathers the previous N groups' lists (for LABEL, only
-groups with a labelled item take part) and keeps the last N items; each
-impression then takes the list of the latest group strictly before its time
-(an ASOF join on user and time). A user's first impressions get empty lists.
+How (all in the engine, out of core, with no list larger than 2N in flight):
+for each impression, k = the number of the user's counted impressions (item
+present, LABEL set if given) strictly before its time: a running sum over the
+user's impressions in time order that excludes the impression's own time
+(`EXCLUDE GROUP`). The counted impressions of each user, numbered 1, 2, ... in
+(time, table order), are cut into blocks of N; the history is positions
+k-N+1..k, found in at most two blocks (k-N and k-1 rounded down to a block),
+joined by (user, block). A user's heavy history never travels whole: a
+user with a million impressions costs blocks of N ids, not a list of a million
+per row.
 """
 import re
 from dataclasses import dataclass
@@ -52,19 +56,45 @@ class History:
         return cls(match.group("name"), match.group("item"), length, match.group("label"))
 
 
-def history_sql(history: History, events: str, user: str, time: str, item: str, label: str | None) -> str:
-    """A query of (user, time, list) rows: the list of `history` as of just after `time`, for each user's time at
-    which it changes. An impression at time t takes the row of its user with the largest time < t.
+def counted(item: str, label: str | None) -> str:
+    """SQL: does an impression count in the history (item present, label set)?"""
+    return f"{item} IS NOT NULL" + (f" AND coalesce(CAST({label} AS BOOLEAN), false)" if label else "")
+
+
+def position_sql(item: str, label: str | None) -> str:
+    """SQL of k, over a window `__w` (PARTITION BY user ORDER BY time ... EXCLUDE GROUP): the counted impressions
+    of the user strictly before this one's time."""
+    return f"coalesce(sum(CASE WHEN {counted(item, label)} THEN 1 ELSE 0 END) OVER __w, 0)"
+
+
+POSITION_WINDOW = ("WINDOW __w AS (PARTITION BY {user} ORDER BY {time} RANGE BETWEEN UNBOUNDED PRECEDING AND "
+                   "CURRENT ROW EXCLUDE GROUP)")
+
+
+def blocks_sql(history: History, events: str, item: str, label: str | None) -> str:
+    """A query of (__user, __block, __items): each user's counted items in (time, table order), N a block.
 
     Args:
-      history: the history column.
-      events: a relation with the columns `__row` (table order), and those named by user, time, item and label.
-      user, time, item, label: their SQL (quoted column names of `events`); label None: every row counts.
+      events: a relation with the columns __row (table order), u (user), t (time), and the item and label columns
+        (named by `item`, `label`).
     """
     n = history.length
-    where = f"WHERE {user} IS NOT NULL AND {time} IS NOT NULL AND {item} IS NOT NULL" + (
-        f" AND CAST({label} AS BOOLEAN)" if label else "")
-    return (f"SELECT __user, __time, list_slice(flatten(list(__items) OVER (PARTITION BY __user ORDER BY __time "
-            f"ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)), -{n}, -1) AS __history FROM ("
-            f"SELECT {user} AS __user, {time} AS __time, list({item} ORDER BY __row) AS __items "
-            f"FROM {events} {where} GROUP BY ALL)")
+    return (f"SELECT u AS __user, (__pos - 1) // {n} AS __block, list(__item ORDER BY __pos) AS __items FROM ("
+            f"SELECT u, {item} AS __item, row_number() OVER (PARTITION BY u ORDER BY t, __row) AS __pos FROM {events} "
+            f"WHERE u IS NOT NULL AND t IS NOT NULL AND {counted(item, label)}) GROUP BY ALL")
+
+
+def history_value_sql(history: History, k: str, low: str, high: str) -> str:
+    """SQL of the history list from k and the two joined blocks (aliases `low`, `high`; see `block_keys`)."""
+    n = history.length
+    base = f"((greatest({k} - {n}, 0) // {n}) * {n})"
+    items = (f"(CASE WHEN {low}.__block = {high}.__block THEN {high}.__items "
+             f"ELSE list_concat({low}.__items, {high}.__items) END)")
+    return (f"(CASE WHEN {k} = 0 THEN NULL ELSE list_slice({items}, greatest({k} - {n} + 1, 1) - {base}, "
+            f"{k} - {base}) END)")
+
+
+def block_keys(history: History, k: str) -> tuple[str, str]:
+    """SQL of the blocks holding positions k-N+1 (low) and k (high)."""
+    n = history.length
+    return f"(greatest({k} - {n}, 0) // {n})", f"(({k} - 1) // {n})"

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import duckdb
 
 from trainer.data.convert.expressions import Derive, compile_expression, quote_identifier
-from trainer.data.convert.history import History, history_sql
+from trainer.data.convert.history import (POSITION_WINDOW, History, block_keys, blocks_sql, position_sql,
+                                           history_value_sql)
 from trainer.data.convert.tables import SideTable, Table, scan_sql, table_format
 from trainer.data.pipeline import resolve_files
 from trainer.errors import ConfigError, DataError
@@ -256,9 +257,11 @@ def build_plan(con: duckdb.DuckDBPyConnection, spec: Spec | None, table: Table, 
             raise DataError(f"--time {time}: {time_b.origin} is {time_b.type}; expected a number or a timestamp")
         history_check = (f"SELECT count(*) FROM {numbered} AS {IMPRESSIONS} "
                          f"WHERE {user_b.sql} IS NULL OR {time_b.sql} IS NULL")
-        for k, history in enumerate(histories):
+        bound_items: list[tuple[Bound, Bound | None]] = []
+        for history in histories:
             where = f"--history {history.text}"
-            if history.name in history_columns or history.name in ns.derived:
+            if history.name in history_columns or history.name in ns.derived or \
+                    sum(h.name == history.name for h in histories) > 1:
                 raise ConfigError.single(where, "", f"'{history.name}' is derived twice")
             item = impressions_column(history.item, where)
             if _element(item.type) is not None or not (item.type in INTEGERS or item.type in STRINGS):
@@ -266,13 +269,27 @@ def build_plan(con: duckdb.DuckDBPyConnection, spec: Spec | None, table: Table, 
             label = impressions_column(history.label, where) if history.label else None
             if label is not None and not (label.type in INTEGERS or label.type == "BOOLEAN"):
                 raise DataError(f"{where}: {label.origin} is {label.type}; a history label is 0/1 or boolean")
-            events = (f"(SELECT {IMPRESSIONS}.{ROW} AS {ROW}, {user_b.sql} AS u, {time_b.sql} AS t, {item.sql} AS i"
-                      + (f", {label.sql} AS l" if label else "") + f" FROM {numbered} AS {IMPRESSIONS})")
-            alias = f"__history{k}"
-            from_sql += (f" ASOF LEFT JOIN ({history_sql(history, events, 'u', 't', 'i', 'l' if label else None)})"
-                         f" AS {alias} ON {user_b.sql} = {alias}.__user AND {time_b.sql} > {alias}.__time")
-            element = "BIGINT" if item.type in INTEGERS else "VARCHAR"
-            history_columns[history.name] = (f"coalesce({alias}.__history, CAST([] AS {element}[]))",
+            bound_items.append((item, label))
+        columns = "".join(f", {item.sql} AS i{k}" + (f", {label.sql} AS l{k}" if label else "")
+                          for k, (item, label) in enumerate(bound_items))
+        events = (f"(SELECT {IMPRESSIONS}.{ROW} AS {ROW}, {user_b.sql} AS u, {time_b.sql} AS t{columns} "
+                  f"FROM {numbered} AS {IMPRESSIONS})")
+        positions = [f"{position_sql(f'i{k}', f'l{k}' if label else None)} AS __k{k}"
+                     for k, (_, label) in enumerate(bound_items)]
+        blocks = [blocks_sql(history, events, f"i{k}", f"l{k}" if label else None)
+                  for k, (history, (_, label)) in enumerate(zip(histories, bound_items))]
+        window = POSITION_WINDOW.format(user="u", time="t")
+        from_sql += (f" LEFT JOIN (SELECT {ROW}, {', '.join(positions)} FROM {events} WHERE u IS NOT NULL AND "
+                     f"t IS NOT NULL {window}) AS __positions ON {IMPRESSIONS}.{ROW} = __positions.{ROW}")
+        for k, history in enumerate(histories):
+            position = f"__positions.__k{k}"
+            low, high = block_keys(history, position)
+            for alias, key in ((f"__low{k}", low), (f"__high{k}", high)):
+                from_sql += (f" LEFT JOIN ({blocks[k]}) AS {alias} ON {user_b.sql} = {alias}.__user AND "
+                             f"{key} = {alias}.__block")
+            element = "BIGINT" if bound_items[k][0].type in INTEGERS else "VARCHAR"
+            value = history_value_sql(history, position, f"__low{k}", f"__high{k}")
+            history_columns[history.name] = (f"coalesce(CAST({value} AS {element}[]), CAST([] AS {element}[]))",
                                              f"{element}[]")
         ns.from_sql = from_sql
 
