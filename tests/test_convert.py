@@ -147,14 +147,17 @@ def test_histories_never_see_their_own_time_or_later(tmp_path):
             keep=["row", "user", "t", "item", "clicked", "seen", "seen_clicked"])
     rows = sorted(read_rows(str(tmp_path / "out")), key=lambda r: r["row"])
     time_of = {r["item"]: r["t"] for r in rows}
+    by_user: dict[int, list[dict]] = {}
+    for r in rows:
+        by_user.setdefault(r["user"], []).append(r)
     ties = 0
     for r in rows:
-        before = [s for s in rows if s["user"] == r["user"] and s["t"] < r["t"]]  # table order within a time
-        before.sort(key=lambda s: (s["t"], s["row"]))
+        mine = by_user[r["user"]]
+        before = sorted((s for s in mine if s["t"] < r["t"]), key=lambda s: (s["t"], s["row"]))  # table order
         assert r["seen"] == [s["item"] for s in before][-5:]
         assert r["seen_clicked"] == [s["item"] for s in before if s["clicked"]][-3:]
         assert all(time_of[i] < r["t"] for i in r["seen"] + r["seen_clicked"])
-        ties += sum(s["user"] == r["user"] and s["t"] == r["t"] and s["row"] != r["row"] for s in rows)
+        ties += sum(s["t"] == r["t"] and s["row"] != r["row"] for s in mine)
     assert ties > 500  # many rows share their user's time: they see none of each other
     assert sum(len(r["seen"]) == 5 for r in rows) > n // 2
 

@@ -119,7 +119,11 @@ def convert(spec: Spec | None, table: Table, out_dir: str, *, partition_by: str,
         publish_directory(temp, out_dir)
     except (duckdb.Error, pa.ArrowException) as exc:
         remove_dir(temp)
-        raise DataError(f"converting {table.label}: {_engine_message(exc)}") from None
+        message = _engine_message(exc)
+        if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in message:
+            message += (f"; the engine's memory limit is {engine.memory_limit}: raise it (--memory-limit) or give "
+                        "it fewer threads (--threads)")
+        raise DataError(f"converting {table.label}: {message}") from None
     except BaseException:
         remove_dir(temp)
         raise
