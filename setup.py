@@ -18,6 +18,7 @@ setup(
         "onnxruntime==1.32.*",
         "numpy==2.4.*",
         "pyarrow==26.0.*",
+        "duckdb==2.0.*",  # prerank convert: joins, histories and sorts out of core
         "PyYAML==6.0.*",
         "tqdm==4.70.*",
         "matplotlib==3.11.*",

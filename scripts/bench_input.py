@@ -45,7 +45,7 @@ def _kuairand_files(args, scratch: str) -> str:
           flush=True)
     start = time.perf_counter()
     result = convert_kuairand(args.kuairand_src, directory, max_rows=args.kuairand_rows)
-    print(f"  {sum(result.rows_per_date.values()):,} rows in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"  {result.rows:,} rows in {time.perf_counter() - start:.0f} s", flush=True)
     return os.path.join(directory, "date=*", "*.tfrecord.gz")
 
 
