@@ -69,11 +69,37 @@ def test_pruning_keeps_rows_exactly_and_maps_never_seen_ids_to_zeros(trained_sma
     assert len(kept) == report["user_author"].kept
     np.testing.assert_array_equal(looked_up[kept], trained_values[kept])  # kept rows bit-identical
     assert not np.any(looked_up[table.index.numpy() == 0])  # every pruned row reads the zero row
-    # an id outside the vocabulary reads its OOV row, never trained here: zeros, like a never-seen hash bucket
-    video = model.encoder.tables["video"]
-    oov_row = model.encoder.lookups["video"](tf.constant([10**15], tf.int64))
-    assert not np.any(video(oov_row).numpy())
-    assert report["video"].never_updated >= 1
+    # an id outside the vocabulary reads its OOV row; the user table's was never trained (no id dropout on it):
+    # zeros, as it was from the start, like a never-seen hash bucket
+    user = model.encoder.tables["user"]
+    oov_row = model.encoder.lookups["user"](tf.constant([10**15], tf.int64))
+    assert oov_row.numpy().tolist() == [0] and not np.any(user(oov_row).numpy())
+    assert report["user"].never_updated >= 1
+
+
+def test_a_trained_oov_row_is_exported_and_unseen_ids_score_as_in_the_checkpoint(exported_small, trained_small,
+                                                                                    spec):
+    result, data = exported_small
+    model = load_trained(spec, trained_small[0], data)  # as trained: nothing zeroed
+    video, user = model.encoder.tables["video"].embeddings, model.encoder.tables["user"].embeddings
+    assert np.any(video[0].numpy()) and not np.any(user[0].numpy())  # id dropout trained video's OOV row only
+    batch = next(iter(make_pipeline(spec, data, InputConfig(batch_size=16, shuffle_buffer=0))))
+    features = dict(batch["features"])
+    unseen = tf.constant([10**15 + i for i in range(16)], tf.int64)
+    features["video_id"] = tf.where(tf.range(16) < 8, unseen, features["video_id"])  # rows 0-7: unseen videos
+    features["user_id"] = tf.where(tf.range(16) % 2 == 0, unseen, features["user_id"])  # even rows: unseen users
+    loaded = tf.saved_model.load(result.path)
+
+    def exported(name: str, key: str) -> np.ndarray:
+        inputs = signature_inputs(spec, name, features, 16)
+        return loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})[key].numpy()
+
+    logit = exported("pairwise", "logit")
+    assert np.max(np.abs(logit - model(features).student_logit.numpy())) <= 1e-5
+    assert np.max(np.abs(exported("fine_rank", "fused_score") - model.teacher_outputs(features)[1].numpy())) <= 1e-5
+    # the export's unseen videos read the learned row: a zero row instead would change their scores
+    video[0].assign(tf.zeros_like(video[0]))
+    assert np.min(np.abs(model(features).student_logit.numpy()[:8] - logit[:8])) > 1e-6
 
 
 def test_export_reports_pruning_and_writes_a_versioned_saved_model(exported_small):
