@@ -99,7 +99,7 @@ def export_scores(spec: Spec, export: str, data: str | list[str], batch_size: in
 def cold_start_table(slice_rows: dict[str, np.ndarray], sources: list[Scores]) -> str:
     """A markdown table: per source and slice, the slice's rows and the AUC of every score."""
     keys = list(sources[0].scores) if sources else []
-    lines = ["| source | rows | slice | " + " | ".join(f"{k} AUC" for k in keys) + " |",
+    lines = ["| source | slice | rows | " + " | ".join(f"{k} AUC" for k in keys) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in keys) + " |"]
     for s in sources:
         for name, rows in slice_rows.items():
@@ -108,5 +108,5 @@ def cold_start_table(slice_rows: dict[str, np.ndarray], sources: list[Scores]) -
                                  f"have {len(rows)}")
             aucs = slice_aucs(s.labels, s.scores, rows)
             cells = " | ".join("n/a" if aucs.get(k) is None else f"{aucs[k]:.4f}" for k in keys)
-            lines.append(f"| {s.source} | {int(rows.sum()):,} | {name} | {cells} |")
+            lines.append(f"| {s.source} | {name} | {int(rows.sum()):,} | {cells} |")
     return "\n".join(lines)
