@@ -1,8 +1,9 @@
 """AUC on the cold-start rows (whose user or item id is out of the vocabulary) and overall, per model and export.
 
-Scores each model directory's checkpoint and each export's signatures on every row of --data and prints, for
-all rows and each slice, the rows and the teacher's and the student's AUCs. The slices come from the
-vocabularies of --reference (default: the first model directory), so every source is scored on the same rows.
+Scores each model directory's checkpoint and each export's signatures on every row of --data and prints (each
+source as soon as it is scored), for all rows and each slice, the rows and the teacher's and the student's AUCs.
+The slices come from the vocabularies of --reference (default: the first model directory), so every source is
+scored on the same rows.
 
     python scripts/cold_start.py --data 'out/kuairand/tfrecord/date=20220430/*' \
         --model-dir runs/off runs/dropout --export exports/off/1 exports/dropout/1
@@ -30,17 +31,24 @@ def main() -> None:
                                             "(default: the first --model-dir)")
     parser.add_argument("--features", nargs="+", help="categorical features whose unseen ids make a slice "
                                                       "(default: the first user and the first item id feature)")
+    parser.add_argument("--model-spec", nargs="*", default=[], metavar="DIR=SPEC",
+                        help="a model directory trained with another spec than --spec (e.g. other min_counts)")
     parser.add_argument("--json", help="also write every AUC here")
     args = parser.parse_args()
     spec = load_spec(args.spec)
+    own_specs = dict(entry.split("=", 1) for entry in args.model_spec)
     reference = args.reference or (args.model_dir[0] if args.model_dir else None)
     if reference is None:
         parser.error("give --reference (a model directory) when no --model-dir is scored")
     features = args.features or [id_feature(spec, "user"), id_feature(spec, "item")]
     rows = slices(spec, reference, args.data, features)
-    sources = [checkpoint_scores(spec, d, args.data) for d in args.model_dir]
-    sources += [export_scores(spec, e, args.data) for e in args.export]
-    print(cold_start_table(rows, sources), flush=True)
+    sources = []
+    for d in args.model_dir:  # each printed once scored
+        sources.append(checkpoint_scores(load_spec(own_specs[d]) if d in own_specs else spec, d, args.data))
+        print(cold_start_table(rows, sources[-1:]), flush=True)
+    for e in args.export:
+        sources.append(export_scores(spec, e, args.data))
+        print(cold_start_table(rows, sources[-1:]), flush=True)
     if args.json:
         result = {s.source: {name: {"rows": int(mask.sum()), **slice_aucs(s.labels, s.scores, mask)}
                              for name, mask in rows.items()} for s in sources}

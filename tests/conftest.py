@@ -19,7 +19,8 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
                          "training.checkpoint_every=6", "training.eval_every=6", "model.ftrl.l1=0.01",
                          "model.student.dual_augmented.enabled=true", "model.student.user_tower=[32,16]",
                          "model.student.item_tower=[32,16]", "model.teacher.expert_layers=[32]",
-                         "model.teacher.task_tower=[16]", "model.id_dropout_tables={video: 0.1}"]
+                         "model.teacher.task_tower=[16]", "model.id_dropout=0",
+                         "model.id_dropout_tables={video: 0.1}"]
 
 
 def spec_text(name: str) -> str:

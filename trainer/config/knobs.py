@@ -161,11 +161,12 @@ class ModelConfig:
     distill: DistillConfig = knob(DistillConfig(), "distillation from teacher to student")
     ftrl: FtrlConfig = knob(FtrlConfig(), "optimizer of the embedding tables")
     adagrad: AdagradConfig = knob(AdagradConfig(), "optimizer of the dense layers")
-    id_dropout: float = knob(0.0, "in training only: the share of the ids of each categorical feature looked up in a "
+    id_dropout: float = knob(0.05, "in training only: the share of the ids of each categorical feature looked up in a "
                                   "vocabulary (spec source data or file) that read their table's out-of-vocabulary row "
                                   "instead, drawn per id and step from training.seed; so that row learns the "
                                   "'unknown id' embedding every rare or unseen id reads (sequences and hashed crosses "
-                                  "are not dropped)", maximum=MAX_ID_DROPOUT)
+                                  "are not dropped; the default was chosen on a tuning split, README: Cold-start rows)",
+                             maximum=MAX_ID_DROPOUT)
     id_dropout_tables: dict[str, float] = knob({}, "table -> id dropout rate of the categorical features reading it, "
                                                    "in place of model.id_dropout (0: none for that table)")
 

@@ -6,7 +6,10 @@ numbers, ragged or padded sequences) and returns one dense tensor per feature:
 embeddings [B, dim] (sequences pooled), numbers [B, 1], vectors [B, dim].
 Features naming one table share one variable, so the student and the teacher
 train the same rows. Vocabularies and statistics are constants of the layer,
-so a SavedModel of a model using it takes raw values.
+so a SavedModel of a model using it takes raw values. An id outside its
+table's vocabulary reads the table's OOV rows (first, starting at zero); in
+training only, the id dropout (`model.id_dropout`) sends a share of the known
+ids there too, so those rows learn what an unknown id reads (`row_ids`).
 """
 from collections.abc import Collection
 
@@ -128,7 +131,8 @@ class FeatureEncoder(tf.keras.layers.Layer):
                 encoded[f.name] = self.encode(f, features, drop_seed)
         return encoded, kept
 
-    def row_ids(self, feature: Feature, features: dict[str, tf.Tensor], drop_seed: tf.Tensor | None = None) -> tf.Tensor:
+    def row_ids(self, feature: Feature, features: dict[str, tf.Tensor],
+                drop_seed: tf.Tensor | None = None) -> tf.Tensor:
         """The table rows a categorical / sequence / bucketized feature selects ([B] or ragged [B, None]).
 
         With `drop_seed` ([2] int64, training only), a categorical feature of a table in `id_dropout` has that
@@ -156,7 +160,8 @@ class FeatureEncoder(tf.keras.layers.Layer):
             rows = self.lookups[table].drop_to_oov(rows, self.id_dropout[table], seed)
         return rows
 
-    def vectors(self, feature: Feature, features: dict[str, tf.Tensor], drop_seed: tf.Tensor | None = None) -> tf.Tensor:
+    def vectors(self, feature: Feature, features: dict[str, tf.Tensor],
+                drop_seed: tf.Tensor | None = None) -> tf.Tensor:
         """The table rows of an embedded feature: [B, dim], or ragged [B, None, dim] for a sequence."""
         return self.tables[feature.embedding.table](self.row_ids(feature, features, drop_seed))
 
