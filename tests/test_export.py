@@ -62,6 +62,8 @@ def test_pruning_keeps_rows_exactly_and_maps_never_seen_ids_to_zeros(trained_sma
     model_dir, data = trained_small
     model = load_trained(spec, model_dir, data)
     trained_values = model.encoder.tables["user_author"].embeddings.numpy()
+    trained_video_oov = model.encoder.tables["video"].embeddings[0].numpy()
+    assert np.any(trained_video_oov)  # id dropout (video only, in this model) trained video's OOV row
     report = {r.table: r for r in prune_model(model, model.checkpoint_path)}
     table = model.encoder.tables["user_author"]
     rows = np.arange(len(trained_values))
@@ -70,11 +72,14 @@ def test_pruning_keeps_rows_exactly_and_maps_never_seen_ids_to_zeros(trained_sma
     assert len(kept) == report["user_author"].kept
     np.testing.assert_array_equal(looked_up[kept], trained_values[kept])  # kept rows bit-identical
     assert not np.any(looked_up[table.index.numpy() == 0])  # every pruned row reads the zero row
-    # an id outside the vocabulary reads its OOV row, never trained here: zeros, like a never-seen hash bucket
-    video = model.encoder.tables["video"]
-    oov_row = model.encoder.lookups["video"](tf.constant([10**15], tf.int64))
-    assert not np.any(video(oov_row).numpy())
-    assert report["video"].never_updated >= 1
+    # an id outside the vocabulary reads its OOV row; the user table's was never trained (no id dropout on it):
+    # zeros, as it was from the start, like a never-seen hash bucket
+    user = model.encoder.tables["user"]
+    oov_row = model.encoder.lookups["user"](tf.constant([10**15], tf.int64))
+    assert oov_row.numpy().tolist() == [0] and not np.any(user(oov_row).numpy())
+    assert report["user"].never_updated >= 1
+    # the trained OOV row is kept, bit-identical: unseen videos read in the export what they read in training
+    np.testing.assert_array_equal(model.encoder.tables["video"](tf.constant([0])).numpy()[0], trained_video_oov)
 
 
 def test_export_reports_pruning_and_writes_a_versioned_saved_model(exported_small):
@@ -98,7 +103,10 @@ def test_every_signature_matches_the_in_memory_model(exported_small, trained_sma
     loaded = tf.saved_model.load(result.path)
     assert set(loaded.signatures) == SIGNATURES | {"serving_default"}
     batch = next(iter(make_pipeline(spec, kuairand_heldout, InputConfig(batch_size=40, shuffle_buffer=0))))
-    features = batch["features"]
+    features = dict(batch["features"])
+    unseen = tf.constant([10**15 + i for i in range(40)], tf.int64)  # ids no vocabulary holds: the OOV rows
+    features["video_id"] = tf.where(tf.range(40) % 4 == 1, unseen, features["video_id"])
+    features["user_id"] = tf.where(tf.range(40) % 4 == 2, unseen, features["user_id"])
 
     def run(name: str, n: int) -> dict:
         inputs = signature_inputs(spec, name, features, n)

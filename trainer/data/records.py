@@ -16,7 +16,19 @@ The id rule (one rule for data and serving):
 - `PAD_ID` (-1) and `PAD_STRING` ("") only pad: a sequence [B, L] is padded
   on the right (ids first, then padding), by `pad_sequences` batches and by
   serving clients; the serving signatures refuse a row with padding before
-  an id and any other negative id (`serving.savedmodel.signatures`).
+  an id and any other negative id (`serving.savedmodel.signatures`);
+- a valid id outside its table's vocabulary, unseen in the training data or
+  rarer there than the spec's `min_count`, reads the table's
+  out-of-vocabulary row (`oov_buckets` rows, first in the table), in
+  training, evaluation and serving alike (`trainer.layers.encoder.IdLookup`).
+  That row starts at zero. It is learned as the "unknown id" embedding from
+  the rare ids and from `model.id_dropout`, which sends a share of the known
+  ids there in training; the export keeps it like any trained row. Never
+  trained, it stays zero everywhere, so the checkpoint and the export agree.
+  An id that loses its own row to compression is to read the learned OOV
+  row too, not a zero row (today's pruning drops only all-zero rows and rows
+  training never updated, which with vocabularies fitted on the training
+  data are OOV rows, hash buckets and ids met only in dropped draws).
 """
 import re
 
