@@ -109,7 +109,7 @@ class ServedModel:
         for request in read_warmup(self.export_dir):
             if request.model_spec.signature_name == "user_embedding":
                 inputs = request_inputs(request, self.export_dir)
-                return {c.name: _python(inputs[c.name][0], c) for c in self.user_columns}
+                return {c.name: request_value(inputs[c.name][0], c) for c in self.user_columns}
         raise ExportError(f"{self.export_dir}: no user_embedding warmup request")
 
     def savedmodel_user_vector(self, user: dict[str, Any]) -> tuple[np.ndarray, float]:
@@ -157,7 +157,7 @@ class ServedModel:
         await self.vectors.source.close()
 
 
-def _python(value: Any, column: RawColumn) -> Any:
+def request_value(value: Any, column: RawColumn) -> Any:
     """A warmup input row as a request's JSON value (sequences without their padding)."""
     if column.shape == "list":
         pad = PAD_STRING.encode() if column.dtype == "string" else PAD_ID
