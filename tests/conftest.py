@@ -75,6 +75,15 @@ def exported_small(trained_small, spec, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported_student_small(trained_small, spec, tmp_path_factory):
+    """A student-only export of `trained_small`, as version 2 of its own base (the service swaps it in)."""
+    model_dir, data = trained_small
+    base = str(tmp_path_factory.mktemp("export_student"))
+    return export_model(spec, model_dir, base, version=2, sample_data=data, measure_unpruned=False,
+                        student_only=True, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
 def onnx_small(trained_small, spec, tmp_path_factory):
     """The ONNX export of `trained_small`, as ONNX_BASE/1 (the layout `prerank serve --onnx` reads)."""
     model_dir, data = trained_small

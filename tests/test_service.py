@@ -16,9 +16,7 @@ import pytest
 import tensorflow as tf
 
 from serving.item_store.embed import embed_items
-from serving.item_store.reader import ItemVectorStore
 from serving.item_store.redis_store import AsyncRedisVectors
-from serving.savedmodel.export import export_model
 from serving.savedmodel.signatures import input_columns, serving_inputs
 from serving.service.model import request_value
 from trainer.data.catalog import item_table_catalog
@@ -258,29 +256,23 @@ def test_redis_going_away_gives_503_and_the_service_recovers_when_it_is_back(ser
     assert httpx.get(f"{service.url}/ready").status_code == 200
 
 
-def test_vectors_of_another_export_are_refused(exported_small, item_table, redis_server, tmp_path):
-    result, _ = exported_small
-    store = tmp_path / "store"
-    embed_items(result.path, str(store), item_table=item_table, progress=False)
-    [key] = os.listdir(store)
-    with pytest.raises(ExportError, match="no vectors of the export with fingerprint 0123456789abcdef0123"):
-        ItemVectorStore.open(store, fingerprint="0123456789abcdef0123")
-    os.rename(store / key, store / "1-0123456789abcdef0123")  # another export's name on these vectors
-    with pytest.raises(ExportError, match="vectors of one export are never served as another's"):
-        ItemVectorStore.open(store, fingerprint="0123456789abcdef0123")
+def test_vectors_of_another_export_are_refused(service_small, redis_server):
+    """The service reads its export's vectors by fingerprint: Redis refuses another's (the file store's
+    refusals: tests/test_service_parts.py), and every answer names the fingerprint that scored it."""
     with pytest.raises(ExportError, match="no complete vectors of the export with fingerprint 0123456789abcdef0123"):
         AsyncRedisVectors.open(redis_server.url, "0123456789abcdef0123")
+    service, _ = service_small
+    ready = httpx.get(f"{service.url}/ready").json()
+    assert ready["item_vectors"].endswith(f"(1-{ready['fingerprint']})")
 
 
 def test_a_new_version_is_swapped_in_under_traffic_once_its_vectors_are_in_the_store(
-        service_small, trained_small, spec, rows, catalog, item_table, redis_server, tmp_path):
+        service_small, exported_student_small, spec, rows, catalog, item_table, redis_server):
     """Version 2 (a student-only export of the same model) appears under the base: it waits for its vectors
     (readiness says why), then is loaded and swapped in while a client keeps sending requests: none fails,
     each names the version that scored it, and once 2 answers, 1 never does again."""
     service, base = service_small
-    model_dir, data = trained_small
-    second = export_model(spec, model_dir, str(tmp_path / "exports"), version=2, sample_data=data,
-                          measure_unpruned=False, student_only=True, log=lambda *_: None)
+    second = exported_student_small
     os.symlink(second.path, os.path.join(base, "2"))
     deadline = time.time() + 60
     while "pending" not in httpx.get(f"{service.url}/ready").json():

@@ -10,13 +10,13 @@ import os
 import numpy as np
 import pytest
 
-from serving.item_store.reader import remove_old_versions
+from serving.item_store.reader import ItemVectorStore, remove_old_versions
 from serving.item_store.writer import StoreWriter
 from serving.service.app import parse_strategy
 from serving.service.cache import HotCache
 from serving.service.strategies import threshold, tiers, top_k
 from serving.service.vectors import CachedVectors, FileVectors, vectors_ready
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, ExportError
 
 
 def test_the_cache_evicts_the_least_recently_used_items():
@@ -90,6 +90,18 @@ def test_file_store_vectors_behind_the_cache(tmp_path):
         assert found.tolist() == [True, False, True]
         assert got[[0, 2]].tolist() == [[6, 7], [2, 3]] and attributes[[0, 2], 0].tolist() == [1.0, 0.25]
     assert cached.cache.hits == 2 and cached.cache.misses == 4
+
+
+def test_a_version_under_another_fingerprint_is_refused(tmp_path):
+    ids, vectors, prior = np.array([1, 2]), np.ones((2, 2), np.float32), np.ones(2, np.float32)
+    write_version(tmp_path, 1, "aaaa", ids, vectors, prior)
+    with pytest.raises(ExportError, match="no vectors of the export with fingerprint bbbb .*it holds 1-aaaa"):
+        ItemVectorStore.open(tmp_path, fingerprint="bbbb")
+    os.rename(tmp_path / "1-aaaa", tmp_path / "1-bbbb")  # another export's name on these vectors
+    with pytest.raises(ExportError, match="vectors of one export are never served as another's"):
+        ItemVectorStore.open(tmp_path, fingerprint="bbbb")
+    with pytest.raises(ExportError, match="never served as another's"):
+        FileVectors(str(tmp_path), "bbbb")
 
 
 def test_the_retention_rule_keeps_the_newest_versions(tmp_path):

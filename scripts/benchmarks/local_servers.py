@@ -42,7 +42,7 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
         command = [redis_binary(), "--port", str(self.port), "--bind", LOOPBACK, "--dir", self.folder,
-                   "--dbfilename", "dump.rdb", "--save", "3600 1", "--appendonly", "no", "--protected-mode", "yes"]
+                   "--dbfilename", "dump.rdb", "--save", "3600", "1", "--appendonly", "no", "--protected-mode", "yes"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -268,6 +268,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             try:
                 model = await asyncio.to_thread(versions.poll)
                 if model is not None:
+                    await asyncio.to_thread(scorer.request_model, model)  # its request schema, built once
                     old = versions.swap(model)
                     metrics.swaps.inc()
                     if old is not None:
