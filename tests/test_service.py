@@ -18,7 +18,7 @@ import tensorflow as tf
 from serving.item_store.embed import embed_items
 from serving.item_store.redis_store import AsyncRedisVectors
 from serving.savedmodel.signatures import input_columns, serving_inputs
-from serving.service.model import request_value
+from serving.service.model import ServedModel, request_value
 from trainer.data.catalog import item_table_catalog
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
@@ -264,6 +264,21 @@ def test_vectors_of_another_export_are_refused(service_small, redis_server):
     service, _ = service_small
     ready = httpx.get(f"{service.url}/ready").json()
     assert ready["item_vectors"].endswith(f"(1-{ready['fingerprint']})")
+
+
+def test_the_onnx_user_tower_equals_the_savedmodels_on_real_rows(exported_small, onnx_small, redis_server,
+                                                                   kuairand_heldout, spec):
+    """The service's user vector through ONNX (raw values mapped by inputs.json's rules) is the export's
+    user_embedding on real users of the held-out day."""
+    result, _ = exported_small
+    served = ServedModel.load(result.path, redis_server.url, 0, onnx_small.path, log=lambda *_: None)
+    assert served.user_path == "onnx", served.onnx_note
+    batch = next(iter(make_pipeline(spec, kuairand_heldout, InputConfig(batch_size=64, shuffle_buffer=0))))
+    for row in range(64):
+        request = user(spec, batch["features"], row)
+        want, bias = served.savedmodel_user_vector(request)
+        np.testing.assert_allclose(served.user_vector(request), want, atol=1e-5)
+    assert bias == pytest.approx(served.bias)
 
 
 def test_a_new_version_is_swapped_in_under_traffic_once_its_vectors_are_in_the_store(

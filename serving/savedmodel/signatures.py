@@ -58,7 +58,6 @@ from trainer.spec.types import Spec
 
 PRERANK_USER_ROWS = "prerank scores one user, so user and context columns hold exactly 1 row"
 ITEM_VECTORS = "item_vectors"  # the prerank_vectors input holding the candidates' vectors
-STUDENT_SIGNATURES = ("user_embedding", "item_embedding", "prerank", "pairwise", "prerank_vectors")
 
 
 def item_vectors_column(spec: Spec, dim: int) -> RawColumn:
@@ -126,8 +125,9 @@ class ServingModule(tf.Module):
       model: the model to serve.
       input_checks: check every request in the graph (`input_checks`). Only the serving benchmark turns
         them off, to measure what they cost; an export always has them.
-      student_only: only the student's signatures (STUDENT_SIGNATURES), and only the variables and lookup
-        tables they read: no teacher, no cross or privileged tables.
+      student_only: only the student's signatures (user_embedding, item_embedding, prerank, pairwise,
+        prerank_vectors), and only the variables and lookup tables they read: no teacher, no cross or
+        privileged tables.
     """
 
     def __init__(self, model: JointModel, input_checks: bool = True, student_only: bool = False):
