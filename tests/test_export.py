@@ -14,12 +14,12 @@ import pytest
 import tensorflow as tf
 
 from serving.item_store.embed import embed_items
-from serving.savedmodel.layout import MANIFEST, versions
+from serving.savedmodel.layout import MANIFEST, checkpoint_digest, export_fingerprint, read_manifest, versions
 from serving.item_store.reader import ItemVectorStore
 from serving.savedmodel.prune import PrunedTable, prune_model, zero_never_updated
 from serving.savedmodel.signatures import input_columns, serving_inputs, tower_columns
 from serving.savedmodel.verify import verify_export
-from serving.savedmodel.warmup import read_warmup, signature_inputs
+from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
 from trainer.cli import main
 from trainer.errors import ExportError
 from trainer.data.input_config import InputConfig
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow  # the shared trained model, exports and CLI runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC_PATH = os.path.join(REPO, "feature_specs", "kuairand.yaml")
-SIGNATURES = {"user_embedding", "item_embedding", "prerank", "pairwise", "fine_rank"}
+SIGNATURES = {"user_embedding", "item_embedding", "prerank", "pairwise", "prerank_vectors", "fine_rank"}
 
 
 def test_pruned_model_equals_the_trained_model_on_held_out_data(trained_small, kuairand_heldout, spec):
@@ -109,7 +109,7 @@ def test_every_signature_matches_the_in_memory_model(exported_small, trained_sma
     features["user_id"] = tf.where(tf.range(40) % 4 == 2, unseen, features["user_id"])
 
     def run(name: str, n: int) -> dict:
-        inputs = signature_inputs(spec, name, features, n)
+        inputs = signature_inputs(spec, name, features, n, lambda items: model.item_vector(items).numpy())
         outputs = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in outputs.items()}
 
@@ -123,6 +123,8 @@ def test_every_signature_matches_the_in_memory_model(exported_small, trained_sma
     bias = model.similarity.bias.numpy()
     assert prerank["logit"].shape == (40,)
     assert np.max(np.abs(prerank["logit"] - (v @ u[0] + bias))) <= 1e-5
+    vectors = run("prerank_vectors", 40)  # the same user against the candidates' precomputed vectors
+    assert np.max(np.abs(vectors["logit"] - prerank["logit"])) <= 1e-5
     default = loaded.signatures["serving_default"]
     assert set(default.structured_input_signature[1]) == set(loaded.signatures["prerank"].structured_input_signature[1])
     inputs = signature_inputs(spec, "pairwise", features, 2)
@@ -141,6 +143,8 @@ def test_warmup_holds_one_request_per_signature_built_from_the_spec(exported_sma
     assert set(requests["user_embedding"].inputs) == user
     assert set(requests["item_embedding"].inputs) == item
     assert set(requests["prerank"].inputs) == user | item
+    assert set(requests["prerank_vectors"].inputs) == user | {"item_vectors"}
+    assert tf.make_ndarray(requests["prerank_vectors"].inputs["item_vectors"]).shape == (1, 16)
     assert set(requests["fine_rank"].inputs) == {c.name for c in input_columns(spec, "all")}
     # prerank's request has one candidate, so a batching server can replay it
     assert {tuple(p.tensor_shape.dim)[0].size for p in requests["prerank"].inputs.values()} == {1}
@@ -157,7 +161,8 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
            "row; item columns hold one row per candidate" in out
     assert "watch_seq: int64 (-1, -1)  ids >= 0, right-padded with -1" in out  # the rule each input keeps
     assert "music_type: int64 (-1)  ids >= 0 or -1 (the declared default)" in out
-    assert "warmup requests run: fine_rank x1, item_embedding x1, pairwise x1, prerank x1, user_embedding x1" in out
+    assert "warmup requests run: fine_rank x1, item_embedding x1, pairwise x1, prerank x1, prerank_vectors x1, " \
+           "user_embedding x1" in out
     assert f"{result.path}: verified" in out
     # pruning's effect as a metric: the checkpoint as trained (unseen ids read their initial rows) vs the export
     assert "AUC on the same 512 rows, checkpoint as trained -> export (pruning's effect):" in out
@@ -331,3 +336,24 @@ def test_a_column_feeding_both_towers_cannot_be_served_by_prerank(tmp_path):
         tower_columns(load_spec(str(path)))
     user, item = tower_columns(load_spec(SPEC_PATH))
     assert {c.name for c in user}.isdisjoint(c.name for c in item) and "video_id" in {c.name for c in item}
+
+
+def test_a_student_only_export_holds_the_students_signatures_and_tables_only(exported_small, exported_student_small,
+                                                                              spec):
+    full, _ = exported_small
+    student = exported_student_small
+    manifest = read_manifest(student.path)
+    assert manifest["student_only"] and not read_manifest(full.path)["student_only"]
+    assert set(manifest["signatures"]) == SIGNATURES - {"fine_rank"} | {"serving_default"}
+    shapes = [s for _, s in tf.train.list_variables(os.path.join(student.path, "variables", "variables"))]
+    full_shapes = [s for _, s in tf.train.list_variables(os.path.join(full.path, "variables", "variables"))]
+    buckets = 200_000  # the teacher's user_author cross: its table (or its pruned table's index) has this many rows
+    assert any(buckets in s for s in full_shapes) and not any(buckets in s for s in shapes)
+    assert len(shapes) < len(full_shapes)  # (113 -> 67 here) no teacher experts, gates, task towers, attention
+    assert student.variables_bytes_after < full.variables_bytes_after / 2
+    assert replay_warmup(tf.saved_model.load(student.path).signatures, student.path)["prerank_vectors"] == 1
+    # the fingerprint: the checkpoint's content, the spec and the options; recomputable, and the two differ
+    options = manifest["export_options"]
+    assert manifest["fingerprint"] == export_fingerprint(checkpoint_digest(manifest["checkpoint"]),
+                                                         spec.fingerprint, options) == student.fingerprint
+    assert student.fingerprint != full.fingerprint and options["student_only"]

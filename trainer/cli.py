@@ -125,6 +125,14 @@ def _convert_kuairand(args: argparse.Namespace) -> None:
     _print_conversion(result)
 
 
+def _kuairand_items(args: argparse.Namespace) -> None:
+    from trainer.data.datasets.kuairand_items import kuairand_item_table
+    result = kuairand_item_table(args.src, args.out, args.date)
+    left = "; left out: " + ", ".join(f"{n} ({why})" for why, n in result.left_out.items()) if result.left_out else ""
+    span = f"{result.clicked_days[0]}..{result.clicked_days[1]}" if result.clicked_days else "no day"
+    print(f"{result.items} videos as of {args.date} (ctr_prior from the impressions of {span}){left} -> {result.path}")
+
+
 def _analyze(args: argparse.Namespace) -> None:
     from trainer.data import corrupt
     from trainer.data.splits import resolve_data
@@ -221,14 +229,15 @@ def _export(args: argparse.Namespace) -> None:
     from serving.savedmodel.prune import report_table
     from trainer.spec.loader import load_spec
     result = export_model(load_spec(args.spec), args.model_dir, args.export_base, args.version, args.data,
-                          prune=not args.no_prune)
+                          prune=not args.no_prune, student_only=args.student_only)
     if result.pruning:
         print(report_table(result.pruning))
     if result.variables_bytes_before is not None:
         print(f"SavedModel variables: {result.variables_bytes_before:,} bytes unpruned -> "
               f"{result.variables_bytes_after:,} pruned "
               f"({1 - result.variables_bytes_after / result.variables_bytes_before:.1%} smaller)")
-    print(f"exported version {result.version} -> {result.path}")
+    kind = "student-only " if result.student_only else ""
+    print(f"exported {kind}version {result.version} -> {result.path} (fingerprint {result.fingerprint})")
 
 
 def _verify_export(args: argparse.Namespace) -> None:
@@ -257,10 +266,25 @@ def _onnx(args: argparse.Namespace) -> None:
 
 def _embed_items(args: argparse.Namespace) -> None:
     from serving.item_store.embed import embed_items
-    result = embed_items(args.export_dir, args.store, args.data, args.batch_size, item_table=args.items)
+    result = embed_items(args.export_dir, args.store, args.data, args.batch_size, item_table=args.items,
+                         attributes=tuple(args.attribute), reference_time=args.reference_time, keep=args.keep)
     note = f" (resumed at item {result.resumed_from})" if result.resumed_from else ""
     print(f"catalog: {result.items:,} items from {result.source}")
-    print(f"{result.items} item vectors of model version {result.model_version} -> {result.store_path}{note}")
+    print(f"{result.items} item vectors of model version {result.model_version} (fingerprint {result.fingerprint}) "
+          f"-> {result.store_path}{note}")
+    if result.removed:
+        print(f"retention (keep {args.keep}): removed {', '.join(result.removed)}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from serving.service.app import ServiceConfig
+    from serving.service.server import serve
+    if not os.path.exists(args.export):
+        raise ExportError(f"{args.export}: no such export base or version directory")
+    config = ServiceConfig(args.export, args.store, args.onnx, args.cache_items, args.k, args.strategy,
+                           args.max_candidates, args.max_body_bytes, args.poll_seconds)
+    print(f"prerank serve: {args.export} (item vectors: {args.store}) on http://{args.host}:{args.port}", flush=True)
+    serve(config, args.host, args.port, None if args.access_log == "off" else args.access_log)
 
 
 # ---- the parser ----
@@ -382,6 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(p)
     p.set_defaults(func=_convert_kuairand)
 
+    p = sub.add_parser("kuairand-items", help="the KuaiRand item table as of one day: every video with the item "
+                                              "tower's columns (its age on that day) and a click-through prior "
+                                              "from the days before")
+    p.add_argument("--src", default="data/kuairand", help="folder with the KuaiRand parquet files")
+    p.add_argument("--out", required=True, help="the table to write: CSV, or TFRecord (.tfrecord / .tfrecord.gz)")
+    p.add_argument("--date", type=int, required=True, help="the reference day, YYYYMMDD: ages are computed for it, "
+                                                           "the prior counts impressions before it")
+    p.set_defaults(func=_kuairand_items)
+
     p = sub.add_parser("analyze", help="fit vocabularies and normalisation statistics on training data")
     p.add_argument("spec")
     add_globs(p, "--data", "files to fit on (default: the spec's data.train)")
@@ -447,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="integer version (default: the newest in BASE plus one)")
     add_globs(p, "--data", "rows for the warmup requests (default: the spec's data.eval)")
     p.add_argument("--no-prune", action="store_true", help="export the tables as trained")
+    p.add_argument("--student-only", action="store_true",
+                   help="only the student's signatures (user_embedding, item_embedding, prerank, pairwise, "
+                        "prerank_vectors) and the tables they read: no teacher, no cross or privileged tables")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("verify-export", help="load an export as TF Serving would, run its warmup requests and "
@@ -466,15 +502,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")
     p.add_argument("export_dir", help="a version directory, or a base directory (its newest version)")
-    p.add_argument("--store", required=True, help="store directory; vectors go to STORE/<model version>/")
+    p.add_argument("--store", required=True, help="a store directory (vectors go to STORE/<model version>-"
+                                                  "<export fingerprint>/) or redis://HOST:PORT/DB")
     catalog = p.add_mutually_exclusive_group()
     add_globs(catalog, "--data", "impressions whose distinct items make the catalog (default: every split of the "
                                  "spec: data.train, data.validation, data.eval)")
     add_globs(catalog, "--items", "an item table instead (Parquet, CSV or TFRecord by suffix): one row per item with "
                                   "every column the item tower reads, those the impressions carry (e.g. an item's "
                                   "age) included")
+    p.add_argument("--attribute", action="append", default=[], metavar="COLUMN",
+                   help="a numeric column of the item table stored beside each vector, e.g. a click-through prior "
+                        "the scoring service's tiers order by (repeatable; needs --items)")
+    p.add_argument("--reference-time", metavar="ISO_TIME",
+                   help="the time the item features hold for (e.g. the day an item table's ages were computed for: "
+                        "2022-04-30), recorded in the store: vectors are as fresh as their inputs")
+    p.add_argument("--keep", type=int, default=3, help="retention: keep the newest KEEP versions of the store, remove "
+                                                       "older ones once this one is complete")
     p.add_argument("--batch-size", type=int, default=4096)
     p.set_defaults(func=_embed_items)
+
+    p = sub.add_parser("serve", help="the pre-rank scoring service: HTTP + JSON, user vector once, item vectors "
+                                     "from the store through a hot cache, top-K / threshold / tiers")
+    p.add_argument("export", help="an export base (new versions are swapped in once their item vectors are in the "
+                                  "store) or one version directory")
+    p.add_argument("--store", required=True, help="the item store embed-items wrote: a directory or "
+                                                  "redis://HOST:PORT/DB")
+    p.add_argument("--onnx", metavar="ONNX_BASE", help="ONNX exports by version (ONNX_BASE/<version>, `prerank onnx "
+                                                       "--out`): the user tower runs there when it matches the export")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--cache-items", type=int, default=100_000, help="hot cache size in items (each (d + attributes) "
+                                                                    "x 4 bytes); 0 turns it off")
+    p.add_argument("--k", type=int, default=200, help="default number of candidates kept")
+    p.add_argument("--strategy", default="top_k", help="default strategy: top_k, or a strategy's JSON, e.g. "
+                                                       "'{\"name\": \"threshold\", \"min_score\": 0.2}'")
+    p.add_argument("--max-candidates", type=int, default=10_000, help="candidates per request, at most")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body cap (413 beyond)")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="how often the export base is checked for a "
+                                                                   "new version")
+    p.add_argument("--access-log", default="-", help="where the JSON access lines go: - (stdout), a file, or off")
+    p.set_defaults(func=_serve)
     return parser
 
 

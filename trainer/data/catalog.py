@@ -6,7 +6,7 @@ that no user or context feature reads (item features, their offline
 statistics, the item half of crosses); the user half of a candidate comes from
 the group's own row. Derived from the spec, never listed.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tensorflow as tf
@@ -16,7 +16,7 @@ from trainer.data.pipeline import make_pipeline, resolve_files
 from trainer.data.records import format_of
 from trainer.errors import DataError
 from trainer.spec.sides import catalog_columns, id_feature, item_tower_spec
-from trainer.spec.types import Spec
+from trainer.spec.types import Feature, Spec
 
 
 @dataclass
@@ -95,9 +95,16 @@ def _refuse_repeats(uniques: np.ndarray, counts: np.ndarray, seen: dict, files: 
 
 
 def item_table_catalog(spec: Spec, patterns: str | list[str], id_feature_name: str | None = None,
-                       batch_size: int = 4096) -> ItemCatalog:
+                       batch_size: int = 4096, attributes: tuple[str, ...] = ()) -> ItemCatalog:
     """The catalog of an item table (Parquet, CSV or TFRecord, told by the file suffix, else the spec's format):
     one row per item holding every column the student's item tower reads, checked like training data (a
     missing column names the file, the column and its features; a repeated item id is refused). Columns the
-    data carries per impression (a video's age on the day, say) must be in the table too."""
-    return build_catalog(item_tower_spec(spec), patterns, id_feature_name, batch_size, item_table=True)
+    data carries per impression (a video's age on the day, say) must be in the table too.
+
+    `attributes`: further numeric columns of the table to carry along (float32, required in every row,
+    finite), e.g. a click-through prior the scoring service orders tiers by; `columns` holds them too."""
+    cut = item_tower_spec(spec)
+    taken = {f.name for f in spec.features}
+    extra = tuple(Feature(a if a not in taken else f"{a} (attribute)", "numeric", "item", (a,)) for a in attributes)
+    return build_catalog(replace(cut, features=cut.features + extra), patterns, id_feature_name, batch_size,
+                         item_table=True)

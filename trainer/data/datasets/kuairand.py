@@ -48,7 +48,8 @@ SEQUENCES = ("watch_seq", "like_seq", "long_watch_seq")
 SEQUENCE_SKIPPED = ("user_id", "last_time_ms")
 
 
-def _path(src_dir: str, name: str) -> str:
+def table_path(src_dir: str, name: str) -> str:
+    """The path of the bundled KuaiRand table `name`; a DataError if it is missing."""
     path = os.path.join(src_dir, f"{name}.parquet")
     if not os.path.isfile(path):
         raise DataError(f"KuaiRand table not found: {path}")
@@ -57,7 +58,7 @@ def _path(src_dir: str, name: str) -> str:
 
 def kuairand_tables(src_dir: str) -> tuple[Table, list[SideTable], list[Derive], list[str]]:
     """(impressions, side tables, derives, every column to keep, in order) of the KuaiRand conversion."""
-    paths = {name: _path(src_dir, name) for name in TABLES}
+    paths = {name: table_path(src_dir, name) for name in TABLES}
     names = {name: pq.read_schema(path).names for name, path in paths.items()}
     stats = [c for c in names["item_features"] if c not in ITEM_STATIC and c not in ITEM_SKIPPED]
     sequences = [c for c in names["user_sequences"] if c not in SEQUENCE_SKIPPED]
