@@ -277,8 +277,9 @@ def noop_resume(model_dir: str, step: int, this_call: dict) -> dict:
 
 def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = None, sampled: tuple[int, ...] = (0,),
              items: str | list[str] | None = None, batch_size: int = 2048, max_batches: int | None = None,
-             seed: int = 0, skip_corrupt: bool = False, log: Log = print) -> dict:
-    """Evaluate the latest checkpoint of `model_dir` and write MODEL_DIR/evaluation.json; the result.
+             seed: int = 0, skip_corrupt: bool = False, out: str | None = None, log: Log = print) -> dict:
+    """Evaluate the latest checkpoint of `model_dir` and write the result (JSON) to `out` (default:
+    MODEL_DIR/evaluation.json); the result. `serving.evaluate_export` evaluates an export the same way.
 
     Args:
       spec: a Spec, or the path of a spec file.
@@ -291,6 +292,7 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
       seed: seed of the sampled items.
       skip_corrupt: skip and count corrupt records instead of failing (logged per file, and recorded in the
         result's "skipped": {"evaluation": [...], "catalog": [...]}).
+      out: where the result goes.
       log: where progress lines go.
     """
     spec = as_spec(spec)
@@ -309,5 +311,5 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
                             skip_corrupt=skip_corrupt)
     skipped["evaluation"] = corrupt.report(result.pop("skipped"), log, "evaluation: ")
     result = {"data": data, "checkpoint": model.checkpoint_path, **result, "skipped": skipped}
-    write_json_atomic(os.path.join(model_dir, EVALUATION_FILE), result)
+    write_json_atomic(out or os.path.join(model_dir, EVALUATION_FILE), result)
     return result

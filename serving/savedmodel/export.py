@@ -28,6 +28,7 @@ from trainer.data.splits import resolve_data
 from trainer.errors import ConfigError, ExportError
 from trainer.files import atomic_write, publish_directory, remove_stale_temporaries, temporary_for
 from trainer.spec.loader import as_spec
+from trainer.spec.sides import id_feature
 from trainer.spec.types import Spec
 from trainer.training.trained import load_trained, trained_checkpoint
 
@@ -100,6 +101,9 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
             "model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
             "spec": os.path.abspath(spec.path), "spec_fingerprint": spec.fingerprint, "warmup_data": sample_data,
             "signatures": sorted(module.functions), "pruned": prune,
+            # what evaluating the export needs besides its signatures (`evaluation.ExportScorer`)
+            "student_task": model.student_task if model.has_student else None,
+            "catalog_id_feature": id_feature(spec, "item", model.config.model.student.dual_augmented.item_feature),
             "input_rules": {c.name: input_rule(c) for c in input_columns(spec, "all")},
             "row_rules": module.row_rules,
             "pruning": [p.as_dict() for p in pruning],
