@@ -32,7 +32,7 @@ import tensorflow as tf
 from trainer.config.knobs import Config
 from trainer.config.loader import load_config, validate_config
 from trainer.data import corrupt
-from trainer.data.catalog import build_catalog
+from trainer.data.catalog import ItemCatalog, build_catalog
 from trainer.data.pipeline import resolve_files
 from trainer.data.splits import IN_SAMPLE_KEY, in_sample_note, resolve_data, shared_files
 from trainer.evaluation.evaluate import evaluate_model, flatten
@@ -301,11 +301,9 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
     skipped: dict[str, list[dict]] = {}
     catalog = None
     if any(sampled):
-        items_from = items or spec.data.train or data
-        id_feature = config.model.student.dual_augmented.item_feature
-        catalog = build_catalog(spec, items_from, id_feature, skip_corrupt=skip_corrupt)
-        skipped["catalog"] = corrupt.report(catalog.skipped, log, "catalog: ")
-        log(f"item table: {catalog.size} items from {items_from}")
+        catalog = evaluation_catalog(spec, items, data, config.model.student.dual_augmented.item_feature,
+                                     skip_corrupt, log)
+        skipped["catalog"] = catalog.skipped
     model = load_trained(spec, model_dir, data, catalog, skip_corrupt=skip_corrupt)
     result = evaluate_model(model, data, batch_size, max_batches, tuple(sampled), seed=seed,
                             skip_corrupt=skip_corrupt)
@@ -313,3 +311,15 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
     result = {"data": data, "checkpoint": model.checkpoint_path, **result, "skipped": skipped}
     write_json_atomic(out or os.path.join(model_dir, EVALUATION_FILE), result)
     return result
+
+
+def evaluation_catalog(spec: Spec, items: str | list[str] | None, data: str | list[str], id_feature: str | None,
+                       skip_corrupt: bool = False, log: Log = print) -> ItemCatalog:
+    """The item table an evaluation samples candidates from: built from `items` (default: the spec's
+    data.train, else the evaluation `data`), items named by `id_feature`; its size and skipped corrupt records
+    logged."""
+    items_from = items or spec.data.train or data
+    catalog = build_catalog(spec, items_from, id_feature, skip_corrupt=skip_corrupt)
+    corrupt.report(catalog.skipped, log, "catalog: ")
+    log(f"item table: {catalog.size} items from {items_from}")
+    return catalog

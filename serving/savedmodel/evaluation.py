@@ -28,7 +28,8 @@ from serving.savedmodel.opening import OpenedExport, export_spec, open_export
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import input_columns, serving_inputs
 from trainer.data import corrupt
-from trainer.data.catalog import ItemCatalog, build_catalog
+from trainer.api import evaluation_catalog
+from trainer.data.catalog import ItemCatalog
 from trainer.data.splits import resolve_data
 from trainer.errors import ExportError
 from trainer.evaluation.evaluate import evaluate_scorer
@@ -120,21 +121,9 @@ def evaluate_export(path: str, data: str | list[str] | None = None, sampled: tup
                     log: Callable[[str], None] = print) -> dict:
     """Evaluate the export at `path` (a version directory, or a base directory: its newest version) with its
     own signatures, as `trainer.evaluate` evaluates a checkpoint, and write the result (JSON) to `out`
-    (default: BASE/<version>.evaluation.json); the result.
-
-    Args:
-      path: the export.
-      data: the evaluation files; default: the spec's data.eval.
-      sampled: numbers K of items sampled per group for the consistency candidate sets (0: exposures only).
-      items: files to build the item table from (default: the spec's data.train, else `data`).
-      batch_size: rows per evaluation batch (candidates are sampled per group of a batch, as for a checkpoint).
-      max_batches: evaluate on at most this many batches.
-      seed: seed of the sampled items.
-      skip_corrupt: skip and count corrupt records instead of failing (logged per file, and recorded in the
-        result's "skipped": {"evaluation": [...], "catalog": [...]}).
-      out: where the result goes.
-      log: where progress lines go.
-    """
+    (default: BASE/<version>.evaluation.json); the result. The other arguments are `trainer.evaluate`'s (the
+    evaluation files, the numbers of sampled candidates, the item table's files, ...), with the same defaults:
+    the spec is the one the export's manifest names."""
     opened = open_export(resolve_version_dir(path))
     return evaluate_opened(opened, data, sampled, items, batch_size, max_batches, seed, skip_corrupt, out, log)
 
@@ -155,10 +144,8 @@ def evaluate_opened(opened: OpenedExport, data: str | list[str] | None = None, s
         if "catalog_id_feature" not in manifest:
             raise ExportError(f"{os.path.join(export_dir, MANIFEST)}: no 'catalog_id_feature'; exported by an "
                               "earlier prerank? Export the model again")
-        items_from = items or spec.data.train or data
-        scorer.catalog = build_catalog(spec, items_from, manifest["catalog_id_feature"], skip_corrupt=skip_corrupt)
-        skipped["catalog"] = corrupt.report(scorer.catalog.skipped, log, "catalog: ")
-        log(f"item table: {scorer.catalog.size} items from {items_from}")
+        scorer.catalog = evaluation_catalog(spec, items, data, manifest["catalog_id_feature"], skip_corrupt, log)
+        skipped["catalog"] = scorer.catalog.skipped
     result = evaluate_scorer(scorer, data, batch_size, max_batches, tuple(sampled), seed=seed,
                              skip_corrupt=skip_corrupt)
     skipped["evaluation"] = corrupt.report(result.pop("skipped"), log, "evaluation: ")
