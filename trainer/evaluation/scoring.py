@@ -194,12 +194,15 @@ class ModelScorer:
         catalog item's ([N, W]), the per-candidate fields' terms (`joined`: [G K, d] each; `pooled`: [G, K, d]
         each), then the rest of the MMoE. Dense tensors only (it compiles with XLA)."""
         teacher = self.model.teacher
-        groups, per_group = tf.shape(items)[0], tf.shape(items)[1]
-        term = user_term[:, None, :] + tf.gather(item_term, items)  # [G, K, W]
-        fields = {**joined, **{f: tf.reshape(v, [groups * per_group, -1]) for f, v in pooled.items()}}
-        if fields:
-            term += tf.reshape(teacher.first_layer_part(fields), [groups, per_group, teacher.first_layer_width])
-        return teacher.outputs_from_first_layer(tf.reshape(term, [groups * per_group, teacher.first_layer_width]))
+        rows = tf.shape(items)[0] * tf.shape(items)[1]
+        sizes = teacher.first_layer_sizes
+        fields = {**joined, **{f: tf.reshape(v, [rows, -1]) for f, v in pooled.items()}}
+        per_row = tf.split(teacher.first_layer_part(fields), sizes, axis=-1) if fields else [0.0] * len(sizes)
+        # layer by layer: each layer's sum is made where its activation reads it, never [rows, W] whole
+        pieces = [tf.reshape(user[:, None, :] + tf.gather(item, items), [rows, size]) + joint
+                  for user, item, joint, size in zip(tf.split(user_term, sizes, axis=-1),
+                                                     tf.split(item_term, sizes, axis=-1), per_row, sizes)]
+        return teacher.outputs_from_first_layer(pieces)
 
     # ---- the scorer ----
     def reset(self) -> None:

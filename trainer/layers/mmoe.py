@@ -72,9 +72,14 @@ class MMoE(tf.keras.layers.Layer):
         return [e.dense[0] for e in self.experts] + [self.gates[t] for t in self.tasks]
 
     @property
+    def first_layer_sizes(self) -> list[int]:
+        """The units of every expert's first layer, then of every gate: the pieces of `first_layer_part`'s terms."""
+        return [layer.units for layer in self._first_layers()]
+
+    @property
     def first_layer_width(self) -> int:
-        """The width of `first_layer_part`'s terms: every expert's first layer units plus every gate's."""
-        return sum(layer.units for layer in self._first_layers())
+        """The width of `first_layer_part`'s terms (the sum of `first_layer_sizes`)."""
+        return sum(self.first_layer_sizes)
 
     def first_layer_part(self, encoded: dict[str, tf.Tensor]) -> tf.Tensor:
         """The term of the first layers' pre-activation [B, width] that the given fields (a subset of `fields`,
@@ -93,11 +98,12 @@ class MMoE(tf.keras.layers.Layer):
         x = tf.concat([encoded[n] for n in names], axis=-1)
         return tf.matmul(x, tf.gather(kernel, rows))
 
-    def outputs_from_first_layer(self, pre: tf.Tensor) -> dict[str, tf.Tensor]:
-        """{task: output [B]} from the first layers' summed pre-activation [B, width] (`first_layer_part`), as
-        `call` (in inference: no dropout) computes them."""
-        layers = self._first_layers()
-        parts = tf.split(pre, [layer.units for layer in layers], axis=-1)
+    def outputs_from_first_layer(self, pre: tf.Tensor | list[tf.Tensor]) -> dict[str, tf.Tensor]:
+        """{task: output [B]} from the first layers' summed pre-activation (`first_layer_part`): [B, width], or
+        its pieces ([B, units] per layer, `first_layer_sizes`), as `call` (in inference: no dropout) computes
+        them. Given in pieces, each layer's pre-activation can be assembled where it is used (under XLA: fused
+        into its activation, never stored whole)."""
+        parts = tf.split(pre, self.first_layer_sizes, axis=-1) if isinstance(pre, tf.Tensor) else list(pre)
         experts = []
         for expert, part in zip(self.experts, parts):
             x = expert.dense[0].activation(part + expert.dense[0].bias)
