@@ -1,11 +1,12 @@
 """Evaluation speed: rows per second of `prerank evaluate --sampled 0,10,50`, this checkout against a baseline
 commit, side by side.
 
-Two cases: KuaiRand 04-30 (21,204 rows) with a model trained by the demo's spec on 04-25..29, and a
-synthetic set of 120,000 rows (`prerank synth`, feature_specs/synthetic_large.yaml: million-row tables, its
-own default model config) with a short training run on 60,000 more rows. What is missing is made first, into
-runs/bench-evaluate/ (`prerank convert-kuairand`, `prerank synth`, `prerank train`: about 5 minutes), and
-reused by later runs. Each measured evaluation runs in a fresh process, the two versions alternating
+Three cases: KuaiRand 04-30 (21,204 rows) with a model trained by the demo's spec on 04-25..29, and a
+synthetic set of 120,000 rows (`prerank synth`, feature_specs/synthetic_large.yaml: million-row tables) with
+two models trained briefly on 60,000 more rows: the spec's default config (an MMoE teacher without target
+attention) and the same with the teacher's target attention on (the KuaiRand config has it). What is missing
+is made first, into runs/bench-evaluate/ (`prerank convert-kuairand`, `prerank synth`, `prerank train`: about
+5 minutes), and reused by later runs. Each measured evaluation runs in a fresh process, the two versions alternating
 (logic in scripts/benchmarks/eval_bench.py).
 
 Examples:
@@ -43,26 +44,28 @@ def kuairand_case(model_dir: str) -> eb.Case:
                    [os.path.join(data, "date=2022042[5-9]", "*.tfrecord.gz")])
 
 
-def synthetic_case(spec: str, directory: str, rows: int, steps: int) -> eb.Case:
-    """`rows` evaluation rows (shards 2-5) and half as many training rows (shards 0-1) of `spec`."""
+def synthetic_case(spec: str, directory: str, rows: int, steps: int, attention: bool) -> eb.Case:
+    """`rows` evaluation rows (shards 2-5) and half as many training rows (shards 0-1) of `spec`; the model with
+    the spec's own config, or with the teacher's target attention on (as the KuaiRand spec has it)."""
     data = os.path.join(directory, f"data-{rows}")
     if not os.path.exists(os.path.join(data, ".complete")):
         shutil.rmtree(data, ignore_errors=True)
         prerank("synth", spec, "--rows", str(rows * 3 // 2), "--out", data, "--shards", "6")
         open(os.path.join(data, ".complete"), "w").close()
     train = [os.path.join(data, "part-0000[01]*")]
-    model_dir = os.path.join(directory, f"model-{rows}")
+    model_dir = os.path.join(directory, f"model-{rows}{'-attention' if attention else ''}")
     if not os.path.exists(os.path.join(model_dir, "checkpoints", "checkpoint")):
         prerank("train", spec, "--model-dir", model_dir, "--data", *train, "--no-validation",
-                "--set", f"training.max_steps={steps}", "--set", "training.progress=false")
-    return eb.Case(f"synthetic ({os.path.basename(spec)})", spec, model_dir,
-                   [os.path.join(data, "part-0000[2-5]*")], train)
+                "--set", f"training.max_steps={steps}", "--set", "training.progress=false",
+                "--set", f"model.teacher.target_attention={str(attention).lower()}")
+    name = f"synthetic{', target attention' if attention else ''} ({os.path.basename(spec)})"
+    return eb.Case(name, spec, model_dir, [os.path.join(data, "part-0000[2-5]*")], train)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=BASELINE, help="the commit to compare with (default: %(default)s)")
-    parser.add_argument("--cases", default="kuairand,synthetic")
+    parser.add_argument("--cases", default="kuairand,synthetic,synthetic-attention")
     parser.add_argument("--sampled", default="0,10,50")
     parser.add_argument("--repeats", type=int, default=1, help="evaluations per version and case")
     parser.add_argument("--work", default=os.path.join(ROOT, "runs", "bench-evaluate"),
@@ -79,10 +82,11 @@ def main() -> None:
     for name in args.cases.split(","):
         if name == "kuairand":
             cases.append(kuairand_case(args.kuairand_model or os.path.join(args.work, "kuairand")))
-        elif name == "synthetic":
-            cases.append(synthetic_case(args.synthetic_spec, args.work, args.synthetic_rows, args.synthetic_steps))
+        elif name in ("synthetic", "synthetic-attention"):
+            cases.append(synthetic_case(args.synthetic_spec, args.work, args.synthetic_rows, args.synthetic_steps,
+                                        attention=name == "synthetic-attention"))
         else:
-            parser.error(f"unknown case {name!r} (kuairand, synthetic)")
+            parser.error(f"unknown case {name!r} (kuairand, synthetic, synthetic-attention)")
     scratch = eb.scratch_dir()
     try:
         before = eb.baseline_code(ROOT, args.baseline, scratch)
@@ -109,11 +113,11 @@ def main() -> None:
             exact = ("teacher/", "student/", "consistency/0/")
             print(f"  largest difference: quality and K = 0 {eb.largest_difference(rows, exact):.2g}; "
                   f"K = {largest} (same draws) {eb.largest_difference(rows, f'consistency/{largest}/'):.2g}\n")
-        print(f"{'case':<36}{'rows':>9}{'before rows/s':>15}{'after rows/s':>14}{'ratio':>8}"
+        print(f"{'case':<48}{'rows':>9}{'before rows/s':>15}{'after rows/s':>14}{'ratio':>8}"
               f"{'before CPU':>12}{'after CPU':>11}{'ratio':>8}")
         for case, runs, c in summary:
             rows = runs["after"].records[0]["rows"]
-            print(f"{case.name:<36}{rows:>9,}{c['wall_before']:>15,.0f}{c['wall_after']:>14,.0f}"
+            print(f"{case.name:<48}{rows:>9,}{c['wall_before']:>15,.0f}{c['wall_after']:>14,.0f}"
                   f"{c['wall_ratio']:>7.1f}x{c['cpu_before']:>12,.0f}{c['cpu_after']:>11,.0f}{c['cpu_ratio']:>7.1f}x")
         print(f"(rows per second of evaluated rows, by wall clock and by CPU time; target >= {TARGET:g}x)")
     finally:
