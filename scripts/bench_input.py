@@ -1,14 +1,17 @@
-"""Input pipeline throughput (examples/second): batch->parse (the pipeline) vs parse->batch.
+"""Input pipeline throughput (examples/second): batch->parse (the pipeline) vs parse->batch, and by format.
 
 Measures, on (i) KuaiRand TFRecords and (ii) synthetic data for a spec with
-million-row vocabularies, the real pipeline against per-record parsing, in the
-same run and after a warm-up; `--ablations` also times the pipeline without value
-checks, without record ids, reading only, and with the former per-record zip reader.
+million-row vocabularies, the real pipeline against per-record parsing, and the
+real pipeline on the same rows stored as Parquet and as CSV, in the same run and
+after a warm-up (ratios against the TFRecord pipeline); `--ablations` also times
+the pipeline without value checks, without record ids, reading only, and with the
+former per-record zip reader.
 
 Examples:
     .venv/bin/python scripts/bench_input.py
     .venv/bin/python scripts/bench_input.py --kuairand-dir out/kuairand/tfrecord --ablations
     .venv/bin/python scripts/bench_input.py --only synthetic --synthetic-rows 500000
+    .venv/bin/python scripts/bench_input.py --formats parquet   # Parquet beside TFRecord, no CSV
 """
 import argparse
 import os
@@ -19,10 +22,12 @@ import time
 
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from benchmarks import input_bench
+from benchmarks.input_bench import batch_then_parse, on_files, same_rows
 from trainer.data.datasets.kuairand import convert_kuairand
 from trainer.data.datasets.synthetic import generate
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import resolve_files
+from trainer.errors import DataError
 from trainer.spec import load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,32 +45,39 @@ def _kuairand_files(args, scratch: str) -> str:
           flush=True)
     start = time.perf_counter()
     result = convert_kuairand(args.kuairand_src, directory, max_rows=args.kuairand_rows)
-    print(f"  {sum(result.rows_per_date.values()):,} rows in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"  {result.rows:,} rows in {time.perf_counter() - start:.0f} s", flush=True)
     return os.path.join(directory, "date=*", "*.tfrecord.gz")
 
 
 def resolve_glob(pattern: str) -> list[str]:
     try:
         return resolve_files(pattern)
-    except ValueError:
+    except DataError:  # nothing matches
         return []
 
 
-def _synthetic_files(args, spec, scratch: str) -> str:
-    if args.synthetic_dir and resolve_glob(os.path.join(args.synthetic_dir, "part-*")):
-        return os.path.join(args.synthetic_dir, "part-*")
-    directory = args.synthetic_dir or os.path.join(scratch, "synthetic")
+def _synthetic_files(args, spec, scratch: str, fmt: str = "tfrecord") -> str:
+    """Glob of the synthetic rows as `fmt` (TFRecord in the folder, Parquet and CSV in sub-folders)."""
+    base = args.synthetic_dir or os.path.join(scratch, "synthetic")
+    directory = base if fmt == "tfrecord" else os.path.join(base, fmt)
+    if resolve_glob(os.path.join(directory, "part-*")):
+        return os.path.join(directory, "part-*")
     print(f"generating {args.synthetic_rows:,} synthetic rows for {spec.name} into {directory} ...", flush=True)
     start = time.perf_counter()
-    generate(spec, args.synthetic_rows, directory, fmt="tfrecord", n_shards=4, seed=0)
+    generate(spec, args.synthetic_rows, directory, fmt=fmt, n_shards=4, seed=0)
     print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return os.path.join(directory, "part-*")
 
 
-def bench(title: str, spec, pattern: str, args, fmt: str, compression: str) -> None:
+def bench(title: str, spec, pattern: str, args, fmt: str, compression: str,
+          other_formats: dict[str, list[str]]) -> None:
+    """Time the variants on `pattern`'s files and the pipeline on the same rows in `other_formats` (format ->
+    files); print examples/s and the ratios."""
     files = resolve_files(pattern)
     config = InputConfig(batch_size=args.batch_size, shuffle_buffer=args.shuffle_buffer)
     variants = dict(input_bench.MAIN)
+    for other, other_files in other_formats.items():
+        variants[f"pipeline, {other}"] = on_files(batch_then_parse, other_files, other)
     if args.ablations:
         variants.update(input_bench.ABLATIONS)
     print(f"\n== {title}: {len(files)} file(s) ({fmt}, {compression}), {len(spec.columns)} columns, "
@@ -81,6 +93,18 @@ def bench(title: str, spec, pattern: str, args, fmt: str, compression: str) -> N
     by_name = {r.name: r.per_second for r in rates}
     fast, slow = by_name["batch->parse (pipeline)"], by_name["parse->batch"]
     print(f"  ratio batch->parse / parse->batch: {fast / slow:.1f}x", flush=True)
+    for other in other_formats:
+        print(f"  ratio pipeline {other} / pipeline {fmt}: {by_name[f'pipeline, {other}'] / fast:.2f}x", flush=True)
+
+
+def _rewritten(spec, pattern: str, compression: str, scratch: str, name: str, formats: list[str]) -> dict:
+    """The rows of the TFRecords matching `pattern` as each of `formats`: format -> files."""
+    out = {}
+    for fmt in formats:
+        start = time.perf_counter()
+        out[fmt] = same_rows(spec, resolve_files(pattern), compression, os.path.join(scratch, name, fmt), fmt)
+        print(f"rewrote the {name} rows as {fmt} in {time.perf_counter() - start:.0f} s", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,17 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="warm-up batches before timing")
     parser.add_argument("--ablations", action="store_true", help="also time what each pipeline stage costs")
     parser.add_argument("--verbose", action="store_true", help="print every run as it finishes")
+    parser.add_argument("--formats", default="parquet,csv",
+                        help="formats timed beside TFRecord on the same rows (comma-separated; '' for none)")
     args = parser.parse_args(argv)
 
+    formats = [f for f in args.formats.split(",") if f]
     scratch = tempfile.mkdtemp(prefix="bench_input_")
     try:
         if args.only in (None, "kuairand"):
             spec = load_spec(os.path.join(ROOT, "feature_specs", "kuairand.yaml"))
-            bench("KuaiRand", spec, _kuairand_files(args, scratch), args, "tfrecord", "GZIP")
+            pattern = _kuairand_files(args, scratch)
+            others = _rewritten(spec, pattern, "GZIP", scratch, "kuairand", formats)
+            bench("KuaiRand", spec, pattern, args, "tfrecord", "GZIP", others)
         if args.only in (None, "synthetic"):
             spec = load_spec(args.synthetic_spec)
             pattern = _synthetic_files(args, spec, scratch)
-            bench(f"synthetic ({spec.name})", spec, pattern, args, "tfrecord", "GZIP")
+            others = {fmt: resolve_files(_synthetic_files(args, spec, scratch, fmt)) for fmt in formats}
+            bench(f"synthetic ({spec.name})", spec, pattern, args, "tfrecord", "GZIP", others)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

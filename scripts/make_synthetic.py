@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder for part-XXXXX shards (must hold none yet)")
     parser.add_argument("--format", choices=FORMATS, default=None, help="default: the spec's data.format")
     parser.add_argument("--compression", choices=COMPRESSIONS, default=None,
-                        help="tfrecord compression (CSV is written uncompressed); default: the spec's")
+                        help="tfrecord compression (CSV is written uncompressed, Parquet compresses "
+                             "inside its files); default: the spec's")
     parser.add_argument("--shards", type=int, default=4, help="number of shards (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         spec = load_spec(args.spec)
         fmt = args.format or spec.data.format
         result = generate(spec, args.rows, args.out, fmt=fmt, n_shards=args.shards, seed=args.seed,
-                          compression=args.compression or ("none" if fmt == "csv" else spec.data.compression))
+                          compression=args.compression or ("none" if fmt != "tfrecord" else spec.data.compression))
     except ValueError as exc:  # SpecError, DataError and bad arguments: the message says what is wrong
         parser.exit(2, f"error: {exc}\n")
     elapsed = time.perf_counter() - start

@@ -6,9 +6,13 @@ import os
 
 import pytest
 
+from benchmarks.local_servers import RedisServer, ServiceProcess
+from serving.item_store.embed import embed_items
+from serving.onnx.export import export_onnx
 from serving.savedmodel.export import export_model
 from trainer.cli import main
 from trainer.data.datasets.kuairand import convert_kuairand
+from trainer.data.datasets.kuairand_items import kuairand_item_table
 from trainer.spec import Spec, load_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +23,8 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
                          "training.checkpoint_every=6", "training.eval_every=6", "model.ftrl.l1=0.01",
                          "model.student.dual_augmented.enabled=true", "model.student.user_tower=[32,16]",
                          "model.student.item_tower=[32,16]", "model.teacher.expert_layers=[32]",
-                         "model.teacher.task_tower=[16]"]
+                         "model.teacher.task_tower=[16]", "model.id_dropout=0",
+                         "model.id_dropout_tables={video: 0.1}"]
 
 
 def spec_text(name: str) -> str:
@@ -55,7 +60,8 @@ def trained_small(kuairand_slice, tmp_path_factory) -> tuple[str, str]:
     """(model dir, data glob) of a small joint model trained one epoch (12 steps) on the slice.
 
     FTRL L1 0.01 leaves kept, all-zero and never-updated rows (a strong L1 would zero every row of so short
-    a run); dual augmented vectors add augment tables; checkpoints at steps 6 and 12."""
+    a run); dual augmented vectors add augment tables; checkpoints at steps 6 and 12. Id dropout on the video
+    table only: its OOV row is trained, the user table's never is."""
     data = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz")
     model_dir = str(tmp_path_factory.mktemp("model"))
     args = [a for o in SMALL_MODEL_OVERRIDES for a in ("--set", o)]
@@ -69,3 +75,55 @@ def exported_small(trained_small, spec, tmp_path_factory):
     model_dir, data = trained_small
     base = str(tmp_path_factory.mktemp("export"))
     return export_model(spec, model_dir, base, sample_data=data, log=lambda *_: None), data
+
+
+@pytest.fixture(scope="session")
+def exported_student_small(trained_small, spec, tmp_path_factory):
+    """A student-only export of `trained_small`, as version 2 of its own base (the service swaps it in)."""
+    model_dir, data = trained_small
+    base = str(tmp_path_factory.mktemp("export_student"))
+    return export_model(spec, model_dir, base, version=2, sample_data=data, measure_unpruned=False,
+                        student_only=True, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def onnx_small(trained_small, spec, tmp_path_factory):
+    """The ONNX export of `trained_small`, as ONNX_BASE/1 (the layout `prerank serve --onnx` reads)."""
+    model_dir, data = trained_small
+    out = str(tmp_path_factory.mktemp("onnx") / "1")
+    return export_onnx(spec, model_dir, out, data=data, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def item_table(tmp_path_factory) -> str:
+    """The KuaiRand item table as of 2022-04-30 (every video, with its ctr_prior attribute), as CSV."""
+    path = str(tmp_path_factory.mktemp("items") / "items.csv")
+    kuairand_item_table(os.path.join(REPO, "data", "kuairand"), path, 20220430)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server on a loopback port for the session (tests may stop and start it again)."""
+    server = RedisServer(str(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_small(exported_small, onnx_small, item_table, redis_server, tmp_path_factory):
+    """`prerank serve` on an export base holding `exported_small` as version 1, its item vectors (the item
+    table, with ctr_prior) in the session's Redis, the ONNX user tower, a hot cache of 4,000 items; polling
+    the base every 0.5 s. Yields (ServiceProcess, export base)."""
+    result, _ = exported_small
+    base = tmp_path_factory.mktemp("served")
+    os.symlink(result.path, base / "1")  # a base of its own: tests add versions to it
+    embed_items(result.path, redis_server.url, item_table=item_table, attributes=("ctr_prior",),
+                reference_time="2022-04-30", progress=False)
+    onnx_base = os.path.dirname(onnx_small.path)
+    service = ServiceProcess(str(base), redis_server.url, str(tmp_path_factory.mktemp("logs") / "service.log"),
+                             extra=("--onnx", onnx_base, "--poll-seconds", "0.5", "--cache-items", "4000",
+                                    "--max-candidates", "6000", "--max-body-bytes", "400000"))
+    service.start()
+    yield service, str(base)
+    service.stop()

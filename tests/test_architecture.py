@@ -15,6 +15,7 @@ PACKAGES = ("trainer", "serving")
 STAGES = ["trainer.<leaf>", "trainer.spec", "trainer.config", "trainer.data", "trainer.preprocessing",
           "trainer.layers", "trainer.losses", "trainer.models", "trainer.training", "trainer.evaluation",
           "trainer.api", "serving.tf_serving", "serving.savedmodel", "serving.onnx", "serving.item_store",
+          "serving.service",
           "trainer.cli"]
 LEAVES = {"trainer.errors", "trainer.files", "trainer.tables", "trainer.registry", "trainer.keras_env"}
 PACKAGE_ROOTS = {"trainer", "serving"}  # their __init__ modules: lazy API names, imported by everything

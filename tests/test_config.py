@@ -9,6 +9,7 @@ import pytest
 
 from conftest import spec_text
 from trainer.config import Component, Config, TrainingConfig, load_config
+from trainer.config.derived import id_dropout_rates
 from trainer.training.run_record import RESUMABLE_KEYS, config_changes
 from trainer.errors import ConfigError
 from trainer.spec import load_spec
@@ -108,6 +109,25 @@ def test_teacher_dropout_and_target_attention_are_checked(tmp_path):
     path, lines = errors(SPEC.replace("experts: 2", "experts: 2\n    target_attention: true"), tmp_path)
     assert lines == [f"{path}:{LINE['experts'] + 1}: model.teacher.target_attention: no user-side sequence feature "
                      "reads the embedding table of an item-side categorical feature, so there is nothing to attend"]
+
+
+def test_id_dropout_is_a_bounded_rate_on_tables_looked_up_in_a_vocabulary(tmp_path):
+    _, lines = errors(SPEC, tmp_path, ["model.id_dropout=0.6"])
+    assert lines == ["command line --set: model.id_dropout: expected a number in [0, 0.5], got 0.6"]
+    _, lines = errors(SPEC, tmp_path, ["model.id_dropout_tables={user: 0.1}"])  # this spec hashes every id
+    assert lines == ["command line --set: model.id_dropout_tables.user: expected a table read by a categorical "
+                     "feature through a vocabulary (source data or file): the spec has none"]
+    _, lines = errors(spec_text("model_test"), tmp_path,
+                      ["model.id_dropout_tables={video: 0.7, user_x_author: 0.1, duration: 0.1}"])
+    tables = "user, city, video, hour, author"  # video (first used by watch_seq): video_id reads it too
+    assert lines == ["command line --set: model.id_dropout_tables.video: expected a number in [0, 0.5], got 0.7",
+                     *(f"command line --set: model.id_dropout_tables.{name}: expected a table read by a categorical "
+                       f"feature through a vocabulary (source data or file): {tables}"
+                       for name in ("user_x_author", "duration"))]
+    config = load_config(load_spec(write(tmp_path, spec_text("model_test"))), None,
+                         ["model.id_dropout=0.05", "model.id_dropout_tables={user: 0.2, hour: 0}"])
+    assert id_dropout_rates(config, load_spec(write(tmp_path, spec_text("model_test")))) == \
+        {"user": 0.2, "city": 0.05, "video": 0.05, "author": 0.05}
 
 
 def test_the_student_learns_a_binary_label(tmp_path):

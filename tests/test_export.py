@@ -14,17 +14,18 @@ import pytest
 import tensorflow as tf
 
 from serving.item_store.embed import embed_items
-from serving.savedmodel.layout import MANIFEST, versions
+from serving.savedmodel.layout import MANIFEST, checkpoint_digest, export_fingerprint, read_manifest, versions
 from serving.item_store.reader import ItemVectorStore
 from serving.savedmodel.prune import PrunedTable, prune_model, zero_never_updated
 from serving.savedmodel.signatures import input_columns, serving_inputs, tower_columns
 from serving.savedmodel.verify import verify_export
-from serving.savedmodel.warmup import read_warmup, signature_inputs
+from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
 from trainer.cli import main
 from trainer.errors import ExportError
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.data.catalog import build_catalog
+from trainer.data.writers import Column, write_csv
 from trainer.evaluation.predict import predict
 from trainer.spec import load_spec
 from trainer.training.trained import load_trained
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow  # the shared trained model, exports and CLI runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC_PATH = os.path.join(REPO, "feature_specs", "kuairand.yaml")
-SIGNATURES = {"user_embedding", "item_embedding", "prerank", "pairwise", "fine_rank"}
+SIGNATURES = {"user_embedding", "item_embedding", "prerank", "pairwise", "prerank_vectors", "fine_rank"}
 
 
 def test_pruned_model_equals_the_trained_model_on_held_out_data(trained_small, kuairand_heldout, spec):
@@ -61,6 +62,8 @@ def test_pruning_keeps_rows_exactly_and_maps_never_seen_ids_to_zeros(trained_sma
     model_dir, data = trained_small
     model = load_trained(spec, model_dir, data)
     trained_values = model.encoder.tables["user_author"].embeddings.numpy()
+    trained_video_oov = model.encoder.tables["video"].embeddings[0].numpy()
+    assert np.any(trained_video_oov)  # id dropout (video only, in this model) trained video's OOV row
     report = {r.table: r for r in prune_model(model, model.checkpoint_path)}
     table = model.encoder.tables["user_author"]
     rows = np.arange(len(trained_values))
@@ -69,11 +72,14 @@ def test_pruning_keeps_rows_exactly_and_maps_never_seen_ids_to_zeros(trained_sma
     assert len(kept) == report["user_author"].kept
     np.testing.assert_array_equal(looked_up[kept], trained_values[kept])  # kept rows bit-identical
     assert not np.any(looked_up[table.index.numpy() == 0])  # every pruned row reads the zero row
-    # an id outside the vocabulary reads its OOV row, never trained here: zeros, like a never-seen hash bucket
-    video = model.encoder.tables["video"]
-    oov_row = model.encoder.lookups["video"](tf.constant([10**15], tf.int64))
-    assert not np.any(video(oov_row).numpy())
-    assert report["video"].never_updated >= 1
+    # an id outside the vocabulary reads its OOV row; the user table's was never trained (no id dropout on it):
+    # zeros, as it was from the start, like a never-seen hash bucket
+    user = model.encoder.tables["user"]
+    oov_row = model.encoder.lookups["user"](tf.constant([10**15], tf.int64))
+    assert oov_row.numpy().tolist() == [0] and not np.any(user(oov_row).numpy())
+    assert report["user"].never_updated >= 1
+    # the trained OOV row is kept, bit-identical: unseen videos read in the export what they read in training
+    np.testing.assert_array_equal(model.encoder.tables["video"](tf.constant([0])).numpy()[0], trained_video_oov)
 
 
 def test_export_reports_pruning_and_writes_a_versioned_saved_model(exported_small):
@@ -97,10 +103,13 @@ def test_every_signature_matches_the_in_memory_model(exported_small, trained_sma
     loaded = tf.saved_model.load(result.path)
     assert set(loaded.signatures) == SIGNATURES | {"serving_default"}
     batch = next(iter(make_pipeline(spec, kuairand_heldout, InputConfig(batch_size=40, shuffle_buffer=0))))
-    features = batch["features"]
+    features = dict(batch["features"])
+    unseen = tf.constant([10**15 + i for i in range(40)], tf.int64)  # ids no vocabulary holds: the OOV rows
+    features["video_id"] = tf.where(tf.range(40) % 4 == 1, unseen, features["video_id"])
+    features["user_id"] = tf.where(tf.range(40) % 4 == 2, unseen, features["user_id"])
 
     def run(name: str, n: int) -> dict:
-        inputs = signature_inputs(spec, name, features, n)
+        inputs = signature_inputs(spec, name, features, n, lambda items: model.item_vector(items).numpy())
         outputs = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in outputs.items()}
 
@@ -114,6 +123,8 @@ def test_every_signature_matches_the_in_memory_model(exported_small, trained_sma
     bias = model.similarity.bias.numpy()
     assert prerank["logit"].shape == (40,)
     assert np.max(np.abs(prerank["logit"] - (v @ u[0] + bias))) <= 1e-5
+    vectors = run("prerank_vectors", 40)  # the same user against the candidates' precomputed vectors
+    assert np.max(np.abs(vectors["logit"] - prerank["logit"])) <= 1e-5
     default = loaded.signatures["serving_default"]
     assert set(default.structured_input_signature[1]) == set(loaded.signatures["prerank"].structured_input_signature[1])
     inputs = signature_inputs(spec, "pairwise", features, 2)
@@ -132,6 +143,8 @@ def test_warmup_holds_one_request_per_signature_built_from_the_spec(exported_sma
     assert set(requests["user_embedding"].inputs) == user
     assert set(requests["item_embedding"].inputs) == item
     assert set(requests["prerank"].inputs) == user | item
+    assert set(requests["prerank_vectors"].inputs) == user | {"item_vectors"}
+    assert tf.make_ndarray(requests["prerank_vectors"].inputs["item_vectors"]).shape == (1, 16)
     assert set(requests["fine_rank"].inputs) == {c.name for c in input_columns(spec, "all")}
     # prerank's request has one candidate, so a batching server can replay it
     assert {tuple(p.tensor_shape.dim)[0].size for p in requests["prerank"].inputs.values()} == {1}
@@ -148,7 +161,8 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
            "row; item columns hold one row per candidate" in out
     assert "watch_seq: int64 (-1, -1)  ids >= 0, right-padded with -1" in out  # the rule each input keeps
     assert "music_type: int64 (-1)  ids >= 0 or -1 (the declared default)" in out
-    assert "warmup requests run: fine_rank x1, item_embedding x1, pairwise x1, prerank x1, user_embedding x1" in out
+    assert "warmup requests run: fine_rank x1, item_embedding x1, pairwise x1, prerank x1, prerank_vectors x1, " \
+           "user_embedding x1" in out
     assert f"{result.path}: verified" in out
     # pruning's effect as a metric: the checkpoint as trained (unseen ids read their initial rows) vs the export
     assert "AUC on the same 512 rows, checkpoint as trained -> export (pruning's effect):" in out
@@ -220,6 +234,52 @@ def test_embed_items_writes_every_catalog_vector_under_the_model_version(exporte
         embed_items(result.path, store, data, progress=False)
 
 
+def write_item_table(path: str, catalog, columns, rows: list[int], drop: str | None = None) -> None:
+    """`rows` of a catalog as a CSV item table of the item tower's columns (all but `drop`)."""
+    out = []
+    for c in columns:
+        if c.name == drop:
+            continue
+        values = catalog.columns[c.name]
+        values = values.to_list() if isinstance(values, tf.RaggedTensor) else values.numpy().tolist()
+        values = [[x.decode() for x in v] if c.shape == "list" and c.dtype == "string" else
+                  v.decode() if isinstance(v, bytes) else v for v in values]
+        kind = {"int64": "int", "float32": "float", "string": "str"}[c.dtype] + ("_list" if c.shape == "list" else "")
+        out.append(Column(c.name, kind, [values[i] for i in rows]))
+    write_csv(path, out, range(len(rows)))
+
+
+def test_embed_items_from_an_item_table(exported_small, spec, tmp_path, capsys):
+    """An item table (one row per item, CSV here) gives the catalog; a table missing an item-tower column, or
+    holding an item twice, is refused naming it before the store is touched."""
+    result, data = exported_small
+    catalog, columns = build_catalog(spec, data), input_columns(spec, "item")
+    table = str(tmp_path / "items.csv")
+    write_item_table(table, catalog, columns, list(range(catalog.size))[::-1])  # another order than the data's
+    store = tmp_path / "store"
+    assert main(["embed-items", result.path, "--store", str(store), "--items", table]) == 0
+    assert f"catalog: {catalog.size:,} items from item table {table}" in capsys.readouterr().out
+    opened = ItemVectorStore.open(str(store))
+    np.testing.assert_array_equal(opened.ids, catalog.ids[::-1])
+    loaded = tf.saved_model.load(result.path)
+    some = slice(0, 50)
+    inputs = serving_inputs({c.name: catalog.columns[c.name][some] for c in columns}, columns)
+    want = loaded.signatures["item_embedding"](**{k: tf.constant(v) for k, v in inputs.items()})["item_vector"]
+    np.testing.assert_allclose(opened.lookup(catalog.ids[some]), want.numpy(), atol=1e-6)
+
+    no_age = str(tmp_path / "no_age.csv")
+    write_item_table(no_age, catalog, columns, [0, 1, 2], drop="freshness_days")
+    twice = str(tmp_path / "twice.csv")
+    write_item_table(twice, catalog, columns, [0, 1, 2, 1])
+    for bad, message in ((no_age, f"{no_age}: column 'freshness_days' (needed by feature 'freshness_days') is "
+                                  "missing from the CSV header"),
+                         (twice, f"{twice}: item id {int(catalog.ids[1])} (column 'video_id') is in more than one "
+                                 "row; an item table holds one row per item")):
+        assert main(["embed-items", result.path, "--store", str(tmp_path / "refused"), "--items", bad]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()
+
+
 def test_a_distilled_students_frozen_teacher_tables_are_pruned_with_the_teachers_slots(trained_small, spec, tmp_path):
     teacher_dir, data = trained_small
     student_dir = str(tmp_path / "student")
@@ -276,3 +336,24 @@ def test_a_column_feeding_both_towers_cannot_be_served_by_prerank(tmp_path):
         tower_columns(load_spec(str(path)))
     user, item = tower_columns(load_spec(SPEC_PATH))
     assert {c.name for c in user}.isdisjoint(c.name for c in item) and "video_id" in {c.name for c in item}
+
+
+def test_a_student_only_export_holds_the_students_signatures_and_tables_only(exported_small, exported_student_small,
+                                                                              spec):
+    full, _ = exported_small
+    student = exported_student_small
+    manifest = read_manifest(student.path)
+    assert manifest["student_only"] and not read_manifest(full.path)["student_only"]
+    assert set(manifest["signatures"]) == SIGNATURES - {"fine_rank"} | {"serving_default"}
+    shapes = [s for _, s in tf.train.list_variables(os.path.join(student.path, "variables", "variables"))]
+    full_shapes = [s for _, s in tf.train.list_variables(os.path.join(full.path, "variables", "variables"))]
+    buckets = 200_000  # the teacher's user_author cross: its table (or its pruned table's index) has this many rows
+    assert any(buckets in s for s in full_shapes) and not any(buckets in s for s in shapes)
+    assert len(shapes) < len(full_shapes)  # (113 -> 67 here) no teacher experts, gates, task towers, attention
+    assert student.variables_bytes_after < full.variables_bytes_after / 2
+    assert replay_warmup(tf.saved_model.load(student.path).signatures, student.path)["prerank_vectors"] == 1
+    # the fingerprint: the checkpoint's content, the spec and the options; recomputable, and the two differ
+    options = manifest["export_options"]
+    assert manifest["fingerprint"] == export_fingerprint(checkpoint_digest(manifest["checkpoint"]),
+                                                         spec.fingerprint, options) == student.fingerprint
+    assert student.fingerprint != full.fingerprint and options["student_only"]

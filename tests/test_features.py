@@ -8,12 +8,13 @@ import tensorflow as tf
 from conftest import spec_text
 from trainer.preprocessing.analyze import analyze
 from trainer.preprocessing.fitted import Preprocessing
-from trainer.errors import ModelDirError
+from trainer.errors import ModelDirError, SpecError
 from trainer.data.writers import Column, write_tfrecord
 from trainer.layers.encoder import FeatureEncoder
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.spec import parse_spec
+from trainer.spec.columns import raw_columns
 
 SPEC = spec_text("features_test")
 USERS = [1, 1, 1, 2, 2, 3]
@@ -151,3 +152,33 @@ def test_embedding_gradients_are_sparse(data):
         loss = tf.add_n([tf.reduce_sum(v) for v in encoder(features).values()])
     grads = tape.gradient(loss, encoder.trainable_variables)
     assert all(isinstance(g, tf.IndexedSlices) for g in grads)
+
+
+def test_a_cross_of_string_and_int64_columns_hashes_one_canonical_text(data, tmp_path):
+    """A cross of a string column (city) and an int64 one (video_id) is accepted, listed before or after the
+    features owning its columns; each column keeps its own type, and the row is the hash of one canonical text
+    (an id in decimal), so the same values typed as text hash to the same rows."""
+    _, path = data
+    cross = ("  - {name: city_video, kind: categorical, side: cross, dtype: int64, cross_of: [city, video_id],\n"
+             "     vocabulary: {source: hash, buckets: 50}, embedding: {dim: 2}}\n")
+    first = SPEC.replace("features:\n", "features:\n" + cross)
+    for text in (SPEC + cross, first):
+        spec = parse_spec(text, str(tmp_path / "cross.yaml"))
+        columns = raw_columns(spec)
+        assert (columns["city"].dtype, columns["video_id"].dtype) == ("string", "int64")
+        assert "feature 'city_video'" in columns["city"].read_by
+        encoder = FeatureEncoder(spec, analyze(spec, path))
+        features = _batch(spec, path)["features"]
+        rows = encoder.row_ids(spec.feature("city_video"), features).numpy()
+        texts = tf.constant([f"{c}\x1f{v}" for c, v in zip(CITIES, VIDEOS)])
+        np.testing.assert_array_equal(rows, tf.keras.layers.Hashing(num_bins=50)(texts).numpy())
+        as_text = dict(features, video_id=tf.strings.as_string(features["video_id"]))
+        np.testing.assert_array_equal(encoder.row_ids(spec.feature("city_video"), as_text).numpy(), rows)
+
+
+def test_a_cross_of_a_sequence_column_is_refused(tmp_path):
+    cross = ("  - {name: seq_video, kind: categorical, side: cross, dtype: int64, cross_of: [watch_seq, video_id],\n"
+             "     vocabulary: {source: hash, buckets: 50}, embedding: {dim: 2}}\n")
+    with pytest.raises(SpecError, match=r"features\[8\]\.cross_of: a cross hashes one id per row, but column "
+                                        r"'watch_seq' is a list \(read by sequence feature 'watch_seq'\)"):
+        parse_spec(SPEC + cross, str(tmp_path / "cross.yaml"))

@@ -25,8 +25,14 @@ def catalog(n, id_dtype="int64", seed=0):
     return ids, rng.normal(size=(n, DIM)).astype(np.float32)
 
 
+def key(version):
+    """The directory of a version's vectors: `<version>-<fingerprint>` (the tests' fingerprint: fp<version>)."""
+    return f"{version}-fp{version}"
+
+
 def new_writer(store, version=1, id_dtype="int64", **overrides):
-    kwargs = dict(dim=DIM, id_dtype=id_dtype, export_dir=f"/models/export/{version}", id_column="video_id",
+    kwargs = dict(fingerprint=f"fp{version}", dim=DIM, id_dtype=id_dtype, export_dir=f"/models/export/{version}",
+                  id_column="video_id",
                   metadata={"spec": "kuairand", "steps": 1000})
     kwargs.update(overrides)
     return StoreWriter(store, version, **kwargs)
@@ -54,8 +60,8 @@ def without_created(manifest):
 def test_chunks_round_trip_exactly(tmp_path, id_dtype):
     ids, vectors = catalog(50, id_dtype)
     final = write_store(tmp_path, 3, ids, vectors, size=7, id_dtype=id_dtype)
-    assert final == tmp_path / "3"
-    assert sorted(os.listdir(tmp_path)) == ["3"]  # the partial directory was renamed, nothing left over
+    assert final == tmp_path / key(3)
+    assert sorted(os.listdir(tmp_path)) == [key(3)]  # the partial directory was renamed, nothing left over
     assert sorted(os.listdir(final)) == sorted(FILES)
 
     store = ItemVectorStore.open(tmp_path)
@@ -65,8 +71,9 @@ def test_chunks_round_trip_exactly(tmp_path, id_dtype):
     assert store.vectors.dtype == np.float32 and isinstance(store.vectors, np.memmap)
     np.testing.assert_array_equal(store.vectors, vectors)
     assert without_created(store.manifest) == {
-        "format_version": 1, "model_version": 3, "export_dir": "/models/export/3", "dim": DIM, "count": 50,
-        "id_column": "video_id", "id_dtype": id_dtype, "metadata": {"spec": "kuairand", "steps": 1000}}
+        "format_version": 2, "model_version": 3, "fingerprint": "fp3", "export_dir": "/models/export/3", "dim": DIM,
+        "count": 50, "id_column": "video_id", "id_dtype": id_dtype, "metadata": {"spec": "kuairand", "steps": 1000},
+        "attributes": [], "reference_time": None}
     assert store.manifest["created"].endswith("+00:00")
 
 
@@ -87,13 +94,14 @@ def test_newest_version_by_default_explicit_version_and_listing(tmp_path):
     for version in (2, 10, 9):  # 10 > 9 numerically, not as text
         write_store(tmp_path, version, ids, vectors + version)
     new_writer(tmp_path, 11).write(ids[:5], vectors[:5])  # an unfinished write of a newer version
-    (tmp_path / "12").mkdir()  # a stray directory without a manifest
+    (tmp_path / "12").mkdir()
+    (tmp_path / key(13)).mkdir()  # a stray directory without a manifest
 
     assert ItemVectorStore.versions(tmp_path) == [2, 9, 10]
     assert ItemVectorStore.open(tmp_path).model_version == 10
     np.testing.assert_array_equal(ItemVectorStore.open(tmp_path).vectors, vectors + 10)
     store = ItemVectorStore.open(tmp_path, version=2)
-    assert store.model_version == 2 and store.path == tmp_path / "2"
+    assert store.model_version == 2 and store.path == tmp_path / key(2)
     np.testing.assert_array_equal(store.vectors, vectors + 2)
     assert ItemVectorStore.versions(tmp_path / "missing") == []
 
@@ -110,7 +118,7 @@ def test_interrupted_write_resumes_to_an_identical_result(tmp_path, id_dtype):
     killed = new_writer(store, 5, id_dtype=id_dtype)
     write_chunks(killed, ids[:20], vectors[:20], size=10)  # two whole parts, then the process "dies"
     del killed
-    partial = store / ".partial-5"
+    partial = store / f".partial-{key(5)}"
     half = partial / "part-000002-000000000020-000000000030.npz.tmp"
     half.write_bytes(b"PK\x03\x04 half a zip")  # killed while writing the third part
 
@@ -126,10 +134,10 @@ def test_interrupted_write_resumes_to_an_identical_result(tmp_path, id_dtype):
     writer.finish()
 
     for name in ("ids.npy", "vectors.npy"):
-        assert filecmp.cmp(store / "5" / name, tmp_path / "reference" / "5" / name, shallow=False), name
+        assert filecmp.cmp(store / key(5) / name, tmp_path / "reference" / key(5) / name, shallow=False), name
     resumed, reference = ItemVectorStore.open(store), ItemVectorStore.open(tmp_path / "reference")
     assert without_created(resumed.manifest) == without_created(reference.manifest)
-    assert sorted(os.listdir(store)) == ["5"]
+    assert sorted(os.listdir(store)) == [key(5)]
 
 
 def test_resume_twice_and_after_every_part(tmp_path):
@@ -147,7 +155,7 @@ def test_killed_inside_finish_after_the_final_files_resumes(tmp_path):
     killed = new_writer(tmp_path, 4)
     write_chunks(killed, ids, vectors, size=10)
     killed._write_final_files()  # finish() died after writing the final files ...
-    os.remove(sorted((tmp_path / ".partial-4").glob("part-*.npz"))[0])  # ... while deleting the parts
+    os.remove(sorted((tmp_path / f".partial-{key(4)}").glob("part-*.npz"))[0])  # ... while deleting the parts
     assert ItemVectorStore.versions(tmp_path) == []
 
     writer = new_writer(tmp_path, 4)
@@ -158,7 +166,7 @@ def test_killed_inside_finish_after_the_final_files_resumes(tmp_path):
     store = ItemVectorStore.open(tmp_path)
     np.testing.assert_array_equal(store.ids, ids)
     np.testing.assert_array_equal(store.vectors, vectors)
-    assert sorted(os.listdir(tmp_path / "4")) == sorted(FILES)
+    assert sorted(os.listdir(tmp_path / key(4))) == sorted(FILES)
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -167,13 +175,13 @@ def test_killed_inside_finish_after_the_final_files_resumes(tmp_path):
 def test_complete_version_is_never_overwritten(tmp_path):
     ids, vectors = catalog(10)
     write_store(tmp_path, 7, ids, vectors)
-    before = (tmp_path / "7" / "vectors.npy").read_bytes()
+    before = (tmp_path / key(7) / "vectors.npy").read_bytes()
     with pytest.raises(ExportError) as info:
         new_writer(tmp_path, 7)
     message = str(info.value)
-    assert str(tmp_path / "7") in message and "new model version" in message and "delete" in message
-    assert not (tmp_path / ".partial-7").exists()
-    assert (tmp_path / "7" / "vectors.npy").read_bytes() == before
+    assert str(tmp_path / key(7)) in message and "new model version" in message and "delete" in message
+    assert not (tmp_path / f".partial-{key(7)}").exists()
+    assert (tmp_path / key(7) / "vectors.npy").read_bytes() == before
 
 
 def test_finish_refuses_when_another_writer_completed_the_version(tmp_path):
@@ -200,7 +208,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, field, change):
     with pytest.raises(ExportError) as info:
         new_writer(tmp_path, 1, **change)
     message = str(info.value)
-    assert f"{field}: started with" in message and str(tmp_path / ".partial-1") in message
+    assert f"{field}: started with" in message and str(tmp_path / f".partial-{key(1)}") in message
     writer = new_writer(tmp_path, 1)  # the partial is untouched and still resumes with the original settings
     assert writer.next_offset == 5
 
@@ -225,7 +233,7 @@ def test_non_finite_vector_names_the_item_and_part(tmp_path, bad):
     message = str(info.value)
     assert f"item id {int(ids[7])}" in message and "part 1" in message and "not finite" in message
     assert writer.next_offset == 4 and writer.num_parts == 1  # nothing of the bad chunk was written
-    assert len(list((tmp_path / ".partial-1").glob("part-*"))) == 1
+    assert len(list((tmp_path / f".partial-{key(1)}").glob("part-*"))) == 1
 
 
 @pytest.mark.parametrize("vectors, match", [
@@ -312,7 +320,7 @@ def test_unknown_version_lists_the_available_ones(tmp_path):
     new_writer(tmp_path, 4).write(ids, vectors)
     with pytest.raises(ExportError, match=r"model version 2 is not in .*available versions: \[1, 3\]"):
         ItemVectorStore.open(tmp_path, version=2)
-    with pytest.raises(ExportError, match=r"version 4 .*unfinished.*\.partial-4.*available versions: \[1, 3\]"):
+    with pytest.raises(ExportError, match=r"version 4 .*unfinished.*\.partial-4-fp4.*available versions: \[1, 3\]"):
         ItemVectorStore.open(tmp_path, version=4)
 
 
@@ -328,7 +336,7 @@ def test_empty_store_is_refused(tmp_path):
 def test_version_whose_files_disagree_with_the_manifest_is_refused(tmp_path):
     ids, vectors = catalog(10)
     write_store(tmp_path, 1, ids, vectors)
-    manifest_path = tmp_path / "1" / "manifest.json"
+    manifest_path = tmp_path / key(1) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps(dict(manifest, count=11)))
     with pytest.raises(ExportError, match="expected 11 ids"):

@@ -33,7 +33,7 @@ def kr(tmp_path_factory):
               for name, key in (("user_features", "user_id"), ("item_features", "video_id"),
                                 ("user_sequences", "user_id"))}
     examples = {}  # source row index -> parsed tf.Example
-    for date in result.rows_per_date:
+    for date in (int(p.removeprefix("date=")) for p in result.rows_per_partition):
         rows = [i for i, r in enumerate(inter) if r["date"] == date]
         files = sorted(f for f in result.files if f"date={date}" in f)
         records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
@@ -63,8 +63,8 @@ def one(fmap, name):
 def test_rows_per_date_add_up(kr):
     result = kr["result"]
     expected = Counter(r["date"] for r in kr["inter"])
-    assert result.rows_per_date == dict(expected) and len(expected) == 2
-    assert sum(result.rows_per_date.values()) == MAX_ROWS == len(kr["examples"])
+    assert result.rows_per_partition == {f"date={d}": n for d, n in expected.items()} and len(expected) == 2
+    assert result.rows == MAX_ROWS == len(kr["examples"])
     assert sorted(os.path.relpath(f, kr["out"]) for f in result.files) == \
         [f"date={d}/part-00000.tfrecord.gz" for d in sorted(expected)]
 

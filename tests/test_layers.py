@@ -307,6 +307,37 @@ def test_task_probability_and_fused_score_forms():
     np.testing.assert_allclose(fused_score({"a": tf.constant([0.0])}, {"a": 1.0}, "product"), [1e-7], rtol=1e-3)
 
 
+# ---- id lookups and their OOV rows -------------------------------------------------------------------
+
+def test_id_dropout_sends_the_rate_of_ids_to_the_oov_rows_drawn_from_its_seed():
+    ids = tf.constant(np.arange(200_000) % 1000, tf.int64)
+    seed = tf.constant([7, 3], tf.int64)
+    one, three = IdLookup("int64", list(range(1000))), IdLookup("int64", list(range(1000)), oov_buckets=3)
+    rows = one(ids).numpy()
+    assert rows.min() == 1 and one.oov_rows == 1 and IdLookup("int64", None, buckets=7).oov_rows == 0
+    dropped = one.drop_to_oov(tf.constant(rows), 0.1, seed).numpy()
+    changed = dropped != rows
+    assert abs(changed.mean() - 0.1) < 0.005 and set(dropped[changed].tolist()) == {0}  # 7 standard deviations
+    np.testing.assert_array_equal(one.drop_to_oov(tf.constant(rows), 0.1, seed), dropped)  # same seed, same ids
+    other = one.drop_to_oov(tf.constant(rows), 0.1, tf.constant([7, 4], tf.int64)).numpy()
+    assert 0.05 < np.mean((other != rows) != changed) < 0.25  # another step's seed drops other ids
+    rows3 = three(ids).numpy()
+    dropped3 = three.drop_to_oov(tf.constant(rows3), 0.1, seed).numpy()
+    assert set(dropped3[dropped3 != rows3].tolist()) == {0, 1, 2}  # spread over every OOV row
+
+
+def test_oov_rows_start_at_zero_and_the_others_as_the_initializer_draws_them():
+    tf.keras.utils.set_random_seed(5)
+    plain = EmbeddingTable(6, 4, "uniform")
+    plain.build()
+    tf.keras.utils.set_random_seed(5)
+    zeroed = EmbeddingTable(6, 4, "uniform", zero_rows=2)
+    zeroed.build()
+    values = zeroed.embeddings.numpy()
+    assert not values[:2].any() and np.all(values[2:] != 0)
+    np.testing.assert_array_equal(values[2:], plain.embeddings.numpy()[2:])
+
+
 # ---- get_config round trips --------------------------------------------------------------------------
 
 def _fields():
@@ -330,7 +361,7 @@ def _call_mmoe(mmoe: MMoE):
 
 
 ROUND_TRIPS = {  # name -> (make the layer, call it)
-    "EmbeddingTable": (lambda: EmbeddingTable(10, 4, "normal", name="table"),
+    "EmbeddingTable": (lambda: EmbeddingTable(10, 4, "normal", zero_rows=1, name="table"),
                        lambda layer: layer(tf.constant([1, 3, 9]))),
     "IdLookup-vocabulary": (lambda: IdLookup("string", ["a", "b", "c"], oov_buckets=2, name="lookup"),
                             lambda layer: layer(tf.constant(["b", "z", "a", "c"]))),

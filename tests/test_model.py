@@ -22,6 +22,7 @@ act like plain SGD with a small step, and 160 steps reach only AUC ~0.57.
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -39,8 +40,11 @@ from trainer.data.catalog import build_catalog
 from trainer.data.datasets.synthetic import generate
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
+from trainer.errors import DataError
+from trainer.evaluation.cold_start import out_of_vocabulary, slice_aucs
 from trainer.evaluation.metrics import auc
 from trainer.evaluation.predict import predict
+from trainer.layers.encoder import IdLookup
 from trainer.layers.mmoe import MMoE
 from trainer.layers.similarity import CosineSimilarity, DotSimilarity, MultiHeadSimilarity
 from trainer.layers.towers import DCNTower, FMTower, MLPTower, Tower
@@ -221,9 +225,12 @@ class OneBatch:
 
 
 def _one_batch(world: World, fitted: Preprocessing, batch: dict, *sets: str, step: int = 0) -> OneBatch:
-    """The model of BASE + sets, built and run (training=True) on `batch` at `step`; its losses are finite."""
+    """The model of BASE + sets, built and run (training=True) on `batch` at `step`; its losses are finite.
+    Without id dropout unless `sets` asks for it, so the training losses can be recomputed from an inference
+    pass."""
     tf.keras.utils.set_random_seed(0)
-    model = JointModel(world.spec, fitted, load_config(world.spec, None, BASE + list(sets)), name="joint")
+    config = load_config(world.spec, None, BASE + ["model.id_dropout=0"] + list(sets))
+    model = JointModel(world.spec, fitted, config, name="joint")
     with tf.GradientTape(persistent=True) as tape:
         losses = model.compute_losses(batch, tf.constant(step, tf.int64), training=True,
                                       seed=tf.constant([0, 0], tf.int64))
@@ -584,7 +591,8 @@ def test_cascade_with_unexposed_items_trains_a_ranking_student(student):
 def test_optimizer_routing_and_sparse_ftrl_updates(world, fitted, batch, tmp_path):
     spec = world.spec
     config = load_config(spec, None, BASE + ["model.student.dual_augmented.enabled=true",
-                                             "model.teacher.target_attention=true"])
+                                             "model.teacher.target_attention=true",
+                                             "model.id_dropout=0", "model.id_dropout_tables={user: 0.5}"])
     loop = Loop(spec, config, str(tmp_path), tf.distribute.get_strategy(),
                 lambda: JointModel(spec, fitted, config, name="joint"), world.eval, None)
     model = loop.model
@@ -602,6 +610,8 @@ def test_optimizer_routing_and_sparse_ftrl_updates(world, fitted, batch, tmp_pat
     assert len(model.teacher.attention) == 1 and attention_vars and attention_vars <= dense
 
     before = {t.name: t.embeddings.numpy() for t in tables}
+    oov_tables = {"embedding_user", "embedding_video", "augment_user", "augment_item"}
+    assert all(not before[t][0].any() and before[t][1].any() for t in oov_tables)  # OOV rows start at zero
     loop.make_train_step()(batch)
 
     def has_slots(optimizer, variable) -> bool:
@@ -621,6 +631,12 @@ def test_optimizer_routing_and_sparse_ftrl_updates(world, fitted, batch, tmp_pat
         touched[table.name] = rows
     for side, feature in model.augment_features.items():
         touched[f"augment_{side}"] = set(model.encoder.row_ids(feature, batch["features"]).numpy().tolist())
+    # id dropout on user ids: the user OOV row (and its dual augmented vector) learned. The batch has no unknown
+    # video and video ids are not dropped: those OOV rows were never read, and are still zero
+    for name in ("embedding_user", "augment_user"):
+        assert 0 not in touched[name] and np.any(next(t for t in tables if t.name == name).embeddings[0].numpy())
+        touched[name].add(0)
+    assert not any(np.any(t.embeddings[0].numpy()) for t in tables if t.name in ("embedding_video", "augment_item"))
     for t in tables:
         changed = np.flatnonzero(np.any(t.embeddings.numpy() != before[t.name], axis=1))
         assert set(changed.tolist()) <= touched[t.name], t.name
@@ -634,3 +650,49 @@ def _slot(optimizer, variable, name):
         return optimizer.get_slot(variable, name)
     except KeyError:
         return None
+
+
+# ---- 8. id dropout: the OOV rows learn ----------------------------------------------------------------
+
+def test_id_dropout_acts_in_training_only_on_categorical_ids_and_is_seeded(world, fitted, batch):
+    model = _one_batch(world, fitted, batch, "model.id_dropout=0.3", "model.id_dropout_tables={city: 0}").model
+    # every categorical feature looked up in a vocabulary drops (city: overridden to 0); hashed crosses cannot
+    assert model.encoder.id_dropout == {"user": 0.3, "hour": 0.3, "video": 0.3, "author": 0.3}
+    features, spec = batch["features"], world.spec
+    seed = tf.constant([4, 1], tf.int64)
+    rows, dropped = (model.encoder.row_ids(spec.feature("user_id"), features, s).numpy() for s in (None, seed))
+    assert rows.min() >= 1 and 0 < np.mean(dropped != rows) < 0.6 and set(dropped[dropped != rows]) == {0}
+    for name in ("watch_seq", "user_x_author", "city"):  # a sequence, a cross, a rate of 0: never dropped
+        f = spec.feature(name)
+        kept, with_seed = model.encoder.row_ids(f, features), model.encoder.row_ids(f, features, seed)
+        assert tf.reduce_all(tf.equal(kept.flat_values if isinstance(kept, tf.RaggedTensor) else kept,
+                                      with_seed.flat_values if isinstance(with_seed, tf.RaggedTensor) else with_seed))
+
+    def total(training: bool, s: tf.Tensor | None = seed) -> float:
+        return float(model.compute_losses(batch, tf.constant(3, tf.int64), training=training, seed=s)["loss/total"])
+
+    inference = total(False)
+    assert total(True) == total(True) != inference  # seeded: the same step drops the same ids
+    assert total(True, tf.constant([4, 2], tf.int64)) != total(True)
+    model.encoder.id_dropout = {}  # the dropout is the one thing training adds here: none at inference
+    assert total(True) == inference
+
+
+def test_out_of_vocabulary_marks_the_rows_whose_ids_read_the_oov_row(world, fitted):
+    spec = world.spec
+    vocabularies = {**fitted.vocabularies, "user": fitted.vocabularies["user"][::2],
+                    "video": fitted.vocabularies["video"][1::2]}  # half of each known: the other half unseen
+    half = dataclasses.replace(fitted, vocabularies=vocabularies)
+    unseen = out_of_vocabulary(spec, half, world.eval, ["user_id", "video_id"])
+    config = InputConfig(batch_size=SHARD_ROWS, shuffle_buffer=0, deterministic=True)
+    batches = list(make_pipeline(spec, world.eval, config))
+    for name, table in (("user_id", "user"), ("video_id", "video")):
+        rows = np.concatenate([IdLookup("int64", vocabularies[table])(b["features"][name]).numpy() for b in batches])
+        assert len(unseen[name]) == SHARD_ROWS and 0 < unseen[name].sum() < SHARD_ROWS
+        np.testing.assert_array_equal(unseen[name], rows == 0)  # exactly the rows the model's lookup sends there
+    labels = {"click": np.concatenate([b["labels"]["click"].numpy() for b in batches])}
+    aucs = slice_aucs(labels, {"click": labels["click"]}, unseen["user_id"])
+    assert aucs == {"click": 1.0} and slice_aucs(labels, {"click": labels["click"]}, np.zeros(SHARD_ROWS, bool)) == \
+        {"click": None}
+    with pytest.raises(DataError, match="user_x_author.*expected a categorical feature looked up in a vocabulary"):
+        out_of_vocabulary(spec, fitted, world.eval, ["user_x_author"])

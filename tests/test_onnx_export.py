@@ -30,10 +30,8 @@ SPEC = os.path.join(REPO, "feature_specs", "kuairand.yaml")
 
 
 @pytest.fixture(scope="module")
-def exported(trained_small, spec, tmp_path_factory):
-    model_dir, data = trained_small
-    out = str(tmp_path_factory.mktemp("export") / "onnx")
-    return export_onnx(spec, model_dir, out, data=data, log=lambda _: None)
+def exported(onnx_small):
+    return onnx_small  # the session's ONNX export (tests/conftest.py), which the scoring service also uses
 
 
 @pytest.fixture(scope="module")

@@ -265,5 +265,5 @@ def test_an_item_store_path_that_is_a_file_is_named(tmp_path):
     path = tmp_path / "store"
     path.write_text("not a store")
     with pytest.raises(ExportError, match=f"{path}: a file, not a directory; expected an item vector store"):
-        StoreWriter(path, 1, dim=4, id_dtype="int64", export_dir=str(tmp_path))
+        StoreWriter(path, 1, fingerprint="aaaa", dim=4, id_dtype="int64", export_dir=str(tmp_path))
     assert path.read_text() == "not a store"

@@ -2,7 +2,8 @@
 
 The jobs run as subprocesses (`python -m trainer.task`), like in production; the small synthetic spec and
 data keep each to a few seconds of training. `training.deterministic` fixes the data order, so a killed and
-resumed run must end with exactly the weights of an uninterrupted one.
+resumed run must end with exactly the weights of an uninterrupted one; the id dropout (on the `hour` ids) draws
+from the seed and the step, so it changes nothing of that.
 """
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
@@ -30,7 +31,7 @@ BATCH, EPOCHS, CHECKPOINT_EVERY = 64, 3, 5
 FULL_STEPS = -(-ROWS * EPOCHS // BATCH)  # 94: the last batch holds 48 rows (6000 = 93 * 64 + 48)
 SMALL_MODEL = ["--set", "model.student.user_tower=[16,8]", "--set", "model.student.item_tower=[16,8]",
                "--set", "model.teacher.experts=2", "--set", "model.teacher.expert_layers=[16]",
-               "--set", "model.teacher.task_tower=[8]"]
+               "--set", "model.teacher.task_tower=[8]", "--set", "model.id_dropout=0.1"]  # seeded: runs stay equal
 TIMEOUT = 240  # seconds any one job may take on a loaded machine
 
 
@@ -140,26 +141,32 @@ def final_variables(model_dir: str) -> dict[str, np.ndarray]:
             if name.split("/")[0] in ("model", "ftrl", "adagrad", "step")}
 
 
-@pytest.mark.slow
-def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_like_an_uninterrupted_one(
-        job, tmp_path, capsys, monkeypatch):
-    reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
-    ref = start(train_args(job, reference), str(tmp_path / "reference.log"))
-    proc = start(train_args(job, victim), str(tmp_path / "victim.log"))
-    # Wait for a checkpoint past the first few and for the job to have trained beyond it, then kill -9.
+def kill_past_checkpoint(proc: subprocess.Popen, model_dir: str, log: str, at_least: int) -> int:
+    """Wait for a checkpoint at step `at_least` or later and for the job to have trained beyond it, then kill -9
+    the job; the step of that checkpoint."""
     deadline, seen = time.time() + TIMEOUT, None
     while time.time() < deadline and proc.poll() is None:
-        latest, _ = checkpoint_state(victim, "none")
-        if latest is not None and latest >= 3 * CHECKPOINT_EVERY and max([0, *history_steps(victim, False)]) > latest:
+        latest, _ = checkpoint_state(model_dir, "none")
+        if latest is not None and latest >= at_least and max([0, *history_steps(model_dir, False)]) > latest:
             seen = latest
             break
         time.sleep(0.05)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    with open(tmp_path / "victim.log") as fh:
+    with open(log) as fh:
         assert seen is not None and proc.returncode == -signal.SIGKILL, \
             f"killed too late (exit {proc.returncode}); output:\n{fh.read()[-3000:]}"
+    return seen
+
+
+@pytest.mark.slow
+def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_like_an_uninterrupted_one(
+        job, tmp_path, capsys, monkeypatch):
+    reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
+    ref = start(train_args(job, reference), str(tmp_path / "reference.log"))
+    proc = start(train_args(job, victim), str(tmp_path / "victim.log"))
+    seen = kill_past_checkpoint(proc, victim, str(tmp_path / "victim.log"), 3 * CHECKPOINT_EVERY)
     killed_at, _ = checkpoint_state(victim, "latest")  # what the killed job left: a complete latest checkpoint
     assert killed_at >= seen
     trained_before_kill = max(history_steps(victim, False))
@@ -306,3 +313,29 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, 
         assert f"model directory error: the workers would resume from different checkpoints (this one: {resuming}); " \
                "give every worker the same --model-dir, on a filesystem they share" in output
     assert checkpoint_state(model_dir)[0] == steps + 2
+
+
+@pytest.mark.slow
+def test_a_bad_record_met_during_training_is_a_data_error_naming_it(job, tmp_path, capsys, monkeypatch):
+    """A NaN far past the first batches (the fit, reused here, never read it) stops the job with a data error
+    naming the file, record and column, not a TensorFlow traceback."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    from trainer.data.writers import Column, write_tfrecord
+    rng = np.random.default_rng(0)
+    n = 400
+    duration = rng.uniform(1, 100, n).tolist()
+    columns = lambda d: [Column("user_id", "int", rng.integers(0, 300, n).tolist()),  # noqa: E731
+                         Column("user_age", "float", rng.uniform(10, 60, n).tolist()),
+                         Column("hour", "int", (np.arange(n) % 24).tolist()),
+                         Column("video_id", "int", rng.integers(0, 500, n).tolist()),
+                         Column("duration", "float", d), Column("click", "int", (np.arange(n) % 2).tolist())]
+    clean, bad = str(tmp_path / "clean.tfrecord.gz"), str(tmp_path / "bad.tfrecord.gz")
+    write_tfrecord(clean, columns(duration), range(n))
+    write_tfrecord(bad, columns(duration[:300] + [float("nan")] + duration[301:]), range(n))
+    assert main(["analyze", job[0], "--data", clean, "--out", str(tmp_path / "fit")]) == 0
+    capsys.readouterr()
+    args = train_args((job[0], bad, None), str(tmp_path / "model"), "--preprocessing", str(tmp_path / "fit"),
+                      validate=False)
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"data error: {bad}#300: NaN or inf in column 'duration' (read by feature 'duration')" in err, err[-2000:]

@@ -19,6 +19,7 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)  # and its Python-side r
 
 import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
 from trainer.errors import ConfigError, ExportError, IssuesError, PrerankError  # noqa: E402
+from trainer.spec.types import FORMATS  # noqa: E402  (no TensorFlow)
 
 EXIT_BAD_INPUT = 2
 NO_TENSORFLOW = ("validate", "report")  # commands that never import TensorFlow (train imports it itself)
@@ -84,14 +85,52 @@ def _validate(args: argparse.Namespace) -> None:
     print(f"config ({args.config or 'the spec file'}): model.mode {config.model.mode}{plugins}")
 
 
+def _engine_settings(args: argparse.Namespace):
+    from trainer.data.convert.engine import EngineSettings
+    return EngineSettings(args.memory_limit, args.temp_dir, args.threads)
+
+
+def _print_conversion(result) -> None:
+    for partition, n in result.rows_per_partition.items():
+        print(f"{partition}: {n} rows")
+    print(f"{result.rows} rows, {len(result.columns)} columns, {len(result.files)} files -> {result.out_dir} "
+          f"in {result.seconds:.1f} s ({result.rows / max(result.seconds, 1e-9):,.0f} rows/s; engine memory peak "
+          f"{result.engine_peak_bytes / 2**20:,.0f} MiB, spilled {result.engine_spilled_bytes / 2**20:,.0f} MiB)")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from trainer.data.convert.convert import convert
+    from trainer.data.convert.expressions import Derive
+    from trainer.data.convert.history import History
+    from trainer.data.convert.tables import SideTable, Table
+    from trainer.spec.loader import load_spec
+    spec = load_spec(args.spec)
+    joins = [SideTable.parse(j) for j in args.join or ()]
+    derives = [Derive.parse(d) for d in args.derive or ()]
+    histories = [History.parse(h) for h in args.history or ()]
+    result = convert(spec, Table(tuple(args.table)), args.out, partition_by=args.partition_by, joins=joins,
+                     derives=derives, histories=histories, user=args.user, time_column=args.time,
+                     keep=args.keep or (), fmt=args.format, compression=args.compression,
+                     files_per_partition=args.files_per_partition, rows_per_file=args.rows_per_file,
+                     max_rows=args.max_rows, engine=_engine_settings(args), log=print)
+    _print_conversion(result)
+
+
 def _convert_kuairand(args: argparse.Namespace) -> None:
     from trainer.data.datasets.kuairand import convert_kuairand
+    from trainer.spec.loader import load_spec
+    spec = load_spec(args.spec) if args.spec else None
     result = convert_kuairand(args.src, args.out, fmt=args.format, shards_per_date=args.shards_per_date,
-                              compression=args.compression)
-    for date, n in result.rows_per_date.items():
-        print(f"date={date}: {n} rows")
-    print(f"{sum(result.rows_per_date.values())} rows, {len(result.columns)} columns, {len(result.files)} files "
-          f"-> {args.out}")
+                              compression=args.compression, spec=spec, engine=_engine_settings(args))
+    _print_conversion(result)
+
+
+def _kuairand_items(args: argparse.Namespace) -> None:
+    from trainer.data.datasets.kuairand_items import kuairand_item_table
+    result = kuairand_item_table(args.src, args.out, args.date)
+    left = "; left out: " + ", ".join(f"{n} ({why})" for why, n in result.left_out.items()) if result.left_out else ""
+    span = f"{result.clicked_days[0]}..{result.clicked_days[1]}" if result.clicked_days else "no day"
+    print(f"{result.items} videos as of {args.date} (ctr_prior from the impressions of {span}){left} -> {result.path}")
 
 
 def _analyze(args: argparse.Namespace) -> None:
@@ -129,10 +168,28 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from trainer.data.datasets.synthetic import generate
+    from trainer.data.datasets.synthetic import generate, generate_tables
     from trainer.spec.loader import load_spec
-    result = generate(load_spec(args.spec), args.rows, args.out, fmt=args.format, n_shards=args.shards,
-                      seed=args.seed)
+    spec = load_spec(args.spec)
+    try:
+        if args.tables:
+            cardinalities = {}
+            for item in args.cardinality or ():
+                table, _, n = item.partition("=")
+                if not n.isdigit() or int(n) < 1:
+                    raise ValueError(f"--cardinality {item}: expected TABLE=N with N >= 1")
+                cardinalities[table] = int(n)
+            tables = generate_tables(spec, args.rows, args.out, user_key=args.user_key, item_key=args.item_key,
+                                     time_column=args.time_column, derived=tuple(args.derived or ()),
+                                     first_date=args.first_date, days=args.days, seed=args.seed,
+                                     cardinalities=cardinalities)
+            for name in ("impressions", "users", "items"):
+                print(f"{getattr(tables, name)}: {', '.join(tables.columns[name])}")
+            print(f"{tables.n_impressions} impressions, {tables.n_users} users, {tables.n_items} items -> {args.out}")
+            return
+        result = generate(spec, args.rows, args.out, fmt=args.format, n_shards=args.shards, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError.single("prerank synth", "", str(exc)) from None
     print(f"{result.n_rows} rows in {len(result.files)} files -> {args.out}")
 
 
@@ -187,14 +244,15 @@ def _export(args: argparse.Namespace) -> None:
     from serving.savedmodel.prune import report_table
     from trainer.spec.loader import load_spec
     result = export_model(load_spec(args.spec), args.model_dir, args.export_base, args.version, args.data,
-                          prune=not args.no_prune)
+                          prune=not args.no_prune, student_only=args.student_only)
     if result.pruning:
         print(report_table(result.pruning))
     if result.variables_bytes_before is not None:
         print(f"SavedModel variables: {result.variables_bytes_before:,} bytes unpruned -> "
               f"{result.variables_bytes_after:,} pruned "
               f"({1 - result.variables_bytes_after / result.variables_bytes_before:.1%} smaller)")
-    print(f"exported version {result.version} -> {result.path}")
+    kind = "student-only " if result.student_only else ""
+    print(f"exported {kind}version {result.version} -> {result.path} (fingerprint {result.fingerprint})")
 
 
 def _verify_export(args: argparse.Namespace) -> None:
@@ -223,17 +281,53 @@ def _onnx(args: argparse.Namespace) -> None:
 
 def _embed_items(args: argparse.Namespace) -> None:
     from serving.item_store.embed import embed_items
-    result = embed_items(args.export_dir, args.store, args.data, args.batch_size)
+    result = embed_items(args.export_dir, args.store, args.data, args.batch_size, item_table=args.items,
+                         attributes=tuple(args.attribute), reference_time=args.reference_time, keep=args.keep)
     note = f" (resumed at item {result.resumed_from})" if result.resumed_from else ""
-    print(f"{result.items} item vectors of model version {result.model_version} -> {result.store_path}{note}")
+    print(f"catalog: {result.items:,} items from {result.source}")
+    print(f"{result.items} item vectors of model version {result.model_version} (fingerprint {result.fingerprint}) "
+          f"-> {result.store_path}{note}")
+    if result.removed:
+        print(f"retention (keep {args.keep}): removed {', '.join(result.removed)}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from serving.service.app import ServiceConfig
+    from serving.service.server import serve
+    if not os.path.exists(args.export):
+        raise ExportError(f"{args.export}: no such export base or version directory")
+    config = ServiceConfig(args.export, args.store, args.onnx, args.cache_items, args.k, args.strategy,
+                           args.max_candidates, args.max_body_bytes, args.poll_seconds)
+    print(f"prerank serve: {args.export} (item vectors: {args.store}) on http://{args.host}:{args.port}", flush=True)
+    serve(config, args.host, args.port, None if args.access_log == "off" else args.access_log)
 
 
 # ---- the parser ----
 
-def add_globs(parser, flag: str, what: str) -> None:
+def _convert_epilog() -> str:
+    from trainer.data.convert.expressions import describe_functions
+    functions = "\n".join(f"  {doc}" for doc in describe_functions().values())
+    return ("derive expressions: column names, numbers, 'strings', True / False / None, [constants], + - * / // %,"
+            "\n  comparisons (== != < <= > >=, chained), and / or / not, A if CONDITION else B, and:\n" + functions +
+            "\n\nexample:\n  prerank convert feature_specs/sample.yaml --table data/sample/impressions.parquet \\\n"
+            "    --join data/sample/users.parquet:user_id data/sample/items.parquet:video_id \\\n"
+            "    --derive 'date=date(time_ms)' 'hour=hour(time_ms)' 'long_view=play_time_ms >= 30000' \\\n"
+            "    --history watch_seq=video_id:20 click_seq=video_id:is_click:10 --user user_id --time time_ms \\\n"
+            "    --partition-by date --out out/sample")
+
+
+def add_globs(parser, flag: str, what: str, required: bool = False) -> None:
     """A files option, the same form in every command: one or more globs after the flag (`--data a/*.gz b/*.gz`;
     quoted globs are expanded by prerank, unquoted ones by the shell: both work)."""
-    parser.add_argument(flag, nargs="+", metavar="GLOB", help=what)
+    parser.add_argument(flag, nargs="+", metavar="GLOB", help=what, required=required)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The conversion engine's resources, the same for every converting command."""
+    parser.add_argument("--memory-limit", default="2GB", help="the engine's memory limit (DuckDB); past it, joins, "
+                                                              "sorts and histories spill to --temp-dir (default 2GB)")
+    parser.add_argument("--temp-dir", help="where the engine spills (default: beside --out, removed at the end)")
+    parser.add_argument("--threads", type=int, help="engine threads (default: one per core)")
 
 
 def add_skip_corrupt(parser: argparse.ArgumentParser) -> None:
@@ -279,13 +373,62 @@ def build_parser() -> argparse.ArgumentParser:
                                     "model: / training: / plugins: sections)")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("convert-kuairand", help="convert the KuaiRand parquet files to tf.Example shards by date")
+    p = sub.add_parser("convert", help="raw tables (impressions joined with side tables, derived columns, "
+                                       "histories) -> the partitions prerank trains on",
+                       description="Convert an impressions table, joined with side tables by key, into "
+                                   "OUT/<COLUMN>=<value>/part-XXXXX files holding the columns SPEC reads, checked "
+                                   "against it before anything is written; OUT appears whole or not at all.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_convert_epilog())
+    p.add_argument("spec", help="feature spec YAML: its columns are written, each checked for its type")
+    add_globs(p, "--table", "the impressions table: Parquet (.parquet) or CSV (.csv, .csv.gz, with a header)",
+              required=True)
+    p.add_argument("--join", nargs="+", action="extend", metavar="GLOB:KEY[:PREFIX[:COLUMNS]]",
+                   help="side tables joined on KEY (LEFT JOIN: no impression is dropped; a key twice in a side "
+                        "table is an error); PREFIX is put before their column names, COLUMNS (comma-separated) "
+                        "takes only those; joined in order, a key may come from an earlier side table")
+    p.add_argument("--derive", nargs="+", action="extend", metavar="NAME=EXPR", help="derived columns, e.g. 'long_view=play_time_ms "
+                                                                   ">= 18000' 'date=date(time_ms)' (see below)")
+    p.add_argument("--history", nargs="+", action="extend", metavar="NAME=ITEM[:LABEL]:N",
+                   help="per user, the last N values of ITEM (only rows with LABEL set, if given) strictly before "
+                        "each impression's time, oldest first; needs --user and --time")
+    p.add_argument("--user", help="the impressions' user column (for --history)")
+    p.add_argument("--time", help="the impressions' time column (for --history): a number or a timestamp")
+    p.add_argument("--partition-by", required=True, metavar="COLUMN",
+                   help="the column whose values name the partitions, e.g. date (of the impressions, or derived)")
+    p.add_argument("--out", required=True, help="a new (or empty) output folder")
+    p.add_argument("--format", choices=("parquet", "tfrecord", "csv"), default="parquet",
+                   help="parquet (default), tfrecord (tf.Example) or csv")
+    p.add_argument("--compression", choices=("GZIP", "none"), default="GZIP", help="TFRecord compression")
+    p.add_argument("--keep", nargs="+", action="extend", metavar="COLUMN", help="columns written besides the spec's")
+    files = p.add_mutually_exclusive_group()
+    files.add_argument("--files-per-partition", type=int, help="files of nearly equal size per partition")
+    files.add_argument("--rows-per-file", type=int, default=1_000_000,
+                       help="at most this many rows a file (default 1,000,000)")
+    p.add_argument("--max-rows", type=int, help="convert only the first N impressions (to try a conversion)")
+    add_engine_arguments(p)
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("convert-kuairand", help="the bundled KuaiRand tables through `prerank convert`, "
+                                                "partitioned by date")
     p.add_argument("--src", default="data/kuairand", help="folder with the KuaiRand parquet files")
-    p.add_argument("--out", default="out/kuairand/tfrecord", help="output folder (date=YYYYMMDD/part-*)")
-    p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord")
+    p.add_argument("--out", default="out/kuairand/tfrecord", help="a new (or empty) output folder "
+                                                                  "(date=YYYYMMDD/part-*)")
+    p.add_argument("--spec", default="feature_specs/kuairand.yaml",
+                   help="spec to check the columns against (every column of the tables is written)")
+    p.add_argument("--format", choices=("tfrecord", "parquet", "csv"), default="tfrecord")
     p.add_argument("--compression", choices=("GZIP", "none"), default="GZIP")
     p.add_argument("--shards-per-date", type=int, default=2)
+    add_engine_arguments(p)
     p.set_defaults(func=_convert_kuairand)
+
+    p = sub.add_parser("kuairand-items", help="the KuaiRand item table as of one day: every video with the item "
+                                              "tower's columns (its age on that day) and a click-through prior "
+                                              "from the days before")
+    p.add_argument("--src", default="data/kuairand", help="folder with the KuaiRand parquet files")
+    p.add_argument("--out", required=True, help="the table to write: CSV, or TFRecord (.tfrecord / .tfrecord.gz)")
+    p.add_argument("--date", type=int, required=True, help="the reference day, YYYYMMDD: ages are computed for it, "
+                                                           "the prior counts impressions before it")
+    p.set_defaults(func=_kuairand_items)
 
     p = sub.add_parser("analyze", help="fit vocabularies and normalisation statistics on training data")
     p.add_argument("spec")
@@ -297,18 +440,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="run the input pipeline and print one batch")
     p.add_argument("spec")
     add_globs(p, "--data", "files to read (default: the spec's data.train)")
-    p.add_argument("--format", choices=("tfrecord", "csv"), help="default: the spec's data.format")
+    p.add_argument("--format", choices=FORMATS, help="default: the spec's data.format")
     p.add_argument("--batch-size", type=int, default=8)
     add_skip_corrupt(p)
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("synth", help="generate synthetic data from a spec")
+    p = sub.add_parser("synth", help="generate synthetic data from a spec: joined rows, or raw tables to convert "
+                                     "(--tables)")
     p.add_argument("spec")
-    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--rows", type=int, required=True, help="rows (with --tables: impressions)")
     p.add_argument("--out", required=True)
-    p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord")
+    p.add_argument("--format", choices=FORMATS, default="tfrecord")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    raw = p.add_argument_group("raw tables (--tables): impressions.parquet, users.parquet, items.parquet, streamed")
+    raw.add_argument("--tables", action="store_true", help="write raw, unjoined tables for `prerank convert`")
+    raw.add_argument("--derived", nargs="+", metavar="COLUMN", help="columns convert derives (--derive, --history):"
+                                                                   " left out of the tables")
+    raw.add_argument("--user-key", help="the users table's key (default: the first categorical user feature)")
+    raw.add_argument("--item-key", help="the items table's key (default: the first categorical item feature)")
+    raw.add_argument("--time-column", default="time_ms", help="the impressions' time, epoch milliseconds")
+    raw.add_argument("--first-date", type=int, default=20220401, help="first day of the impressions (yyyymmdd)")
+    raw.add_argument("--days", type=int, default=7, help="days the impressions span")
+    raw.add_argument("--cardinality", nargs="+", metavar="TABLE=N", help="ids in an embedding table (the users "
+                                                                         "and items tables get one row per id)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("train", help="the training job (same as python -m trainer.task)")
@@ -346,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="integer version (default: the newest in BASE plus one)")
     add_globs(p, "--data", "rows for the warmup requests (default: the spec's data.eval)")
     p.add_argument("--no-prune", action="store_true", help="export the tables as trained")
+    p.add_argument("--student-only", action="store_true",
+                   help="only the student's signatures (user_embedding, item_embedding, prerank, pairwise, "
+                        "prerank_vectors) and the tables they read: no teacher, no cross or privileged tables")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("verify-export", help="load an export as TF Serving would, run its warmup requests and "
@@ -365,11 +523,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")
     p.add_argument("export_dir", help="a version directory, or a base directory (its newest version)")
-    p.add_argument("--store", required=True, help="store directory; vectors go to STORE/<model version>/")
-    add_globs(p, "--data", "files to build the item table from (default: every split of the spec: data.train, "
-                           "data.validation, data.eval)")
+    p.add_argument("--store", required=True, help="a store directory (vectors go to STORE/<model version>-"
+                                                  "<export fingerprint>/) or redis://HOST:PORT/DB")
+    catalog = p.add_mutually_exclusive_group()
+    add_globs(catalog, "--data", "impressions whose distinct items make the catalog (default: every split of the "
+                                 "spec: data.train, data.validation, data.eval)")
+    add_globs(catalog, "--items", "an item table instead (Parquet, CSV or TFRecord by suffix): one row per item with "
+                                  "every column the item tower reads, those the impressions carry (e.g. an item's "
+                                  "age) included")
+    p.add_argument("--attribute", action="append", default=[], metavar="COLUMN",
+                   help="a numeric column of the item table stored beside each vector, e.g. a click-through prior "
+                        "the scoring service's tiers order by (repeatable; needs --items)")
+    p.add_argument("--reference-time", metavar="ISO_TIME",
+                   help="the time the item features hold for (e.g. the day an item table's ages were computed for: "
+                        "2022-04-30), recorded in the store: vectors are as fresh as their inputs")
+    p.add_argument("--keep", type=int, default=3, help="retention: keep the newest KEEP versions of the store, remove "
+                                                       "older ones once this one is complete")
     p.add_argument("--batch-size", type=int, default=4096)
     p.set_defaults(func=_embed_items)
+
+    p = sub.add_parser("serve", help="the pre-rank scoring service: HTTP + JSON, user vector once, item vectors "
+                                     "from the store through a hot cache, top-K / threshold / tiers")
+    p.add_argument("export", help="an export base (new versions are swapped in once their item vectors are in the "
+                                  "store) or one version directory")
+    p.add_argument("--store", required=True, help="the item store embed-items wrote: a directory or "
+                                                  "redis://HOST:PORT/DB")
+    p.add_argument("--onnx", metavar="ONNX_BASE", help="ONNX exports by version (ONNX_BASE/<version>, `prerank onnx "
+                                                       "--out`): the user tower runs there when it matches the export")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--cache-items", type=int, default=100_000, help="hot cache size in items (each (d + attributes) "
+                                                                    "x 4 bytes); 0 turns it off")
+    p.add_argument("--k", type=int, default=200, help="default number of candidates kept")
+    p.add_argument("--strategy", default="top_k", help="default strategy: top_k, or a strategy's JSON, e.g. "
+                                                       "'{\"name\": \"threshold\", \"min_score\": 0.2}'")
+    p.add_argument("--max-candidates", type=int, default=10_000, help="candidates per request, at most")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body cap (413 beyond)")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="how often the export base is checked for a "
+                                                                   "new version")
+    p.add_argument("--access-log", default="-", help="where the JSON access lines go: - (stdout), a file, or off")
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -117,3 +117,48 @@ def normalize_export_dir(export_dir: PathLike) -> str:
     """Local paths made absolute, so relative and absolute spellings compare equal; URLs kept."""
     text = os.fspath(export_dir)
     return text if "://" in text else os.path.abspath(text)
+
+
+def check_fingerprint(fingerprint: str) -> str:
+    """An export fingerprint: lowercase letters and digits (`serving.savedmodel.layout.export_fingerprint`)."""
+    if not isinstance(fingerprint, str) or not fingerprint or not all(c.isdigit() or "a" <= c <= "z"
+                                                                      for c in fingerprint):
+        raise ExportError(f"fingerprint must be a non-empty string of lowercase letters and digits, "
+                          f"got {fingerprint!r}")
+    return fingerprint
+
+
+def check_attribute_names(names: Sequence[str]) -> list[str]:
+    """Attribute names: distinct non-empty strings."""
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ExportError(f"attribute names must be non-empty strings, got {bad[0]!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ExportError(f"attribute {repeated[0]!r} named twice")
+    return names
+
+
+def as_attributes(values: Any, names: list[str], ids: np.ndarray, offset: int, where: str) -> np.ndarray:
+    """A chunk's attribute values as float32 [n, k] (k = len(names)), finite; a DataError naming the item and
+    attribute otherwise. With no attributes, `values` must be None."""
+    if not names:
+        if values is not None:
+            raise DataError(f"{where}: attribute values given, but the store was started without attributes")
+        return np.zeros((len(ids), 0), np.float32)
+    if values is None:
+        raise DataError(f"{where}: no values for the attributes {names}")
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: attribute values are not convertible to float32: {e}") from None
+    if array.shape != (len(ids), len(names)):
+        raise DataError(f"{where}: attribute values must have shape [{len(ids)}, {len(names)}] ({', '.join(names)}), "
+                        f"got {array.shape}")
+    bad = np.argwhere(~np.isfinite(array))
+    if bad.size:
+        row, col = (int(x) for x in bad[0])
+        raise DataError(f"{where}: attribute '{names[col]}' of item id {ids[row].item()!r} (item {offset + row}) is "
+                        f"{array[row, col]}; expected a finite number")
+    return array

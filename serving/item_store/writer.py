@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from serving.item_store.reader import (FORMAT_VERSION, HEADER_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_PREFIX,
-                                       VECTORS_FILE, read_json)
-from serving.item_store.values import (PathLike, as_ids, as_vectors, check_dim, check_finite, check_id_dtype,
-                                       check_version, first_duplicate, jsonable, normalize_export_dir)
+from serving.item_store.reader import (ATTRIBUTES_FILE, FORMAT_VERSION, HEADER_FILE, IDS_FILE, MANIFEST_FILE,
+                                       PARTIAL_PREFIX, VECTORS_FILE, read_json, version_key)
+from serving.item_store.values import (PathLike, as_attributes, as_ids, as_vectors, check_attribute_names, check_dim,
+                                       check_finite, check_fingerprint, check_id_dtype, check_version,
+                                       first_duplicate, jsonable, normalize_export_dir)
 from trainer.errors import DataError, ExportError
 from trainer.files import TMP_SUFFIX, atomic_path, atomic_write, publish_directory, write_json_atomic
 
@@ -83,18 +84,24 @@ class StoreWriter:
     often the write was interrupted, as long as the items come in the same order.
     """
 
-    def __init__(self, store_dir: PathLike, model_version: int, *, dim: int, id_dtype: str,
+    def __init__(self, store_dir: PathLike, model_version: int, *, fingerprint: str, dim: int, id_dtype: str,
                  export_dir: PathLike, id_column: str = "item_id",
-                 metadata: dict[str, Any] | None = None):
+                 metadata: dict[str, Any] | None = None, attributes: Sequence[str] = (),
+                 reference_time: str | None = None):
         """
         Args:
           store_dir: the store directory; created if missing.
-          model_version: integer version of the model the vectors come from; names `STORE/<version>/`.
+          model_version: integer version of the model the vectors come from.
+          fingerprint: the export's fingerprint (`serving.savedmodel.layout.export_fingerprint`); with the
+            version it names `STORE/<version>-<fingerprint>/`.
           dim: length of every vector.
           id_dtype: "int64" or "string": the type of the item ids.
           export_dir: the SavedModel directory the vectors were computed from (recorded in the manifest).
           id_column: name of the item id column / feature (recorded in the manifest).
           metadata: extra JSON-serializable facts recorded in the manifest.
+          attributes: names of numeric item attributes stored beside the vectors (float32, one per name and
+            item; e.g. a click-through prior for the service's tiers).
+          reference_time: the time the item features were computed for (ISO 8601), recorded.
         Raises ExportError if the version is already complete, or if an interrupted write of it
         was started with other settings.
         """
@@ -103,11 +110,15 @@ class StoreWriter:
             raise ExportError(f"{self.store_dir}: a file, not a directory; expected an item vector store "
                               "directory (or a path to create one at)")
         self.model_version = check_version(model_version)
-        self.final_dir = self.store_dir / str(self.model_version)
-        self.partial_dir = self.store_dir / f"{PARTIAL_PREFIX}{self.model_version}"
+        key = version_key(self.model_version, check_fingerprint(fingerprint))
+        self.final_dir = self.store_dir / key
+        self.partial_dir = self.store_dir / f"{PARTIAL_PREFIX}{key}"
         self.settings: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "model_version": self.model_version,
+            "fingerprint": fingerprint,
+            "attributes": check_attribute_names(attributes),
+            "reference_time": reference_time,
             "export_dir": normalize_export_dir(export_dir),
             "dim": check_dim(dim),
             "id_dtype": check_id_dtype(id_dtype),
@@ -132,6 +143,10 @@ class StoreWriter:
         return self.settings["id_dtype"]
 
     @property
+    def attribute_names(self) -> list[str]:
+        return self.settings["attributes"]
+
+    @property
     def next_offset(self) -> int:
         """Index of the next item to write: the number of items already written."""
         if self._finalized_count is not None:
@@ -150,6 +165,10 @@ class StoreWriter:
             raise ExportError(f"model version {self.model_version} is already complete in {self.final_dir}; a "
                               f"complete version is never overwritten: write to a new model version, or delete "
                               f"{self.final_dir} first")
+
+    @property
+    def key(self) -> str:
+        return self.final_dir.name
 
     def _open_partial(self) -> None:
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -209,13 +228,15 @@ class StoreWriter:
             if item_id in self._seen:
                 raise DataError(f"{where}: duplicate item id {item_id!r}: already written in an earlier part")
 
-    def write(self, ids: Sequence[Any] | np.ndarray, vectors: Any, *, offset: int | None = None) -> int:
+    def write(self, ids: Sequence[Any] | np.ndarray, vectors: Any, *, offset: int | None = None,
+              attributes: Any = None) -> int:
         """Validate and write one chunk as the next part file; returns the new ``next_offset``.
 
         Args:
           ids: the chunk's item ids, 1-D, of the writer's id_dtype.
           vectors: one float32-convertible vector of length dim per id.
           offset: if given, the item index the chunk starts at; must equal ``next_offset``.
+          attributes: float32 [n, k], the values of the writer's k attributes per id (k > 0 only).
         An empty chunk writes nothing.
         """
         self._check_writable(offset)
@@ -223,12 +244,13 @@ class StoreWriter:
         where = f"part {index} (items from {start})"
         ids = as_ids(ids, self.id_dtype, where)
         vectors = as_vectors(vectors, self.dim, len(ids), where)
+        values = as_attributes(attributes, self.attribute_names, ids, start, where)
         if len(ids) == 0:
             return start
         check_finite(vectors, ids, start, where)
         self._check_new_ids(ids, where)
         part = _Part(index, start, start + len(ids), self.partial_dir / _part_name(index, start, start + len(ids)))
-        atomic_write(str(part.path), lambda fh: np.savez(fh, ids=ids, vectors=vectors))
+        atomic_write(str(part.path), lambda fh: np.savez(fh, ids=ids, vectors=vectors, attributes=values))
         self._parts.append(part)
         self._seen.update(ids.tolist())
         return self.next_offset
@@ -256,6 +278,9 @@ class StoreWriter:
         ids = np.concatenate([_load_part(p, "ids") for p in self._parts])
         atomic_write(str(self.partial_dir / IDS_FILE), lambda fh: np.save(fh, ids, allow_pickle=False))
         self._write_vectors(len(ids))
+        if self.attribute_names:
+            values = np.concatenate([_load_part(p, "attributes") for p in self._parts]).astype(np.float32)
+            atomic_write(str(self.partial_dir / ATTRIBUTES_FILE), lambda fh: np.save(fh, values, allow_pickle=False))
         manifest = dict(self.settings, count=len(ids),
                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json_atomic(self.partial_dir / MANIFEST_FILE, manifest)  # last: marks the final files whole

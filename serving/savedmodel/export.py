@@ -2,7 +2,8 @@
 
 Layout: BASE/<version>/ (an integer, TF Serving's), holding saved_model.pb,
 variables/ and assets.extra/ (warmup requests, `prerank_export.json` recording
-where the export came from and what pruning did). A version is written into
+where the export came from, what pruning did, and the export's fingerprint: the
+identity of its item vectors, `layout.export_fingerprint`). A version is written into
 BASE/.tmp-<version>-<host>-<pid> and renamed into place in one step, so TF Serving's
 file watcher (which ignores names that are not integers) never sees half a
 version (`trainer.files`); an existing version is never overwritten;
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from serving.savedmodel.layout import MANIFEST, MODEL_NAME, directory_bytes, versions
+from serving.savedmodel.layout import MANIFEST, MODEL_NAME, checkpoint_digest, directory_bytes, export_fingerprint, versions
 from serving.savedmodel.prune import TablePruning, prune_model
 from serving.savedmodel.input_checks import input_rule
+from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import ServingModule, input_columns
 from serving.savedmodel.warmup import replay_warmup, write_warmup
 from trainer.data.input_config import InputConfig
@@ -42,6 +44,8 @@ class ExportResult:
     pruning: list[TablePruning]
     variables_bytes_before: int | None  # the unpruned SavedModel's variables/ (None: not measured)
     variables_bytes_after: int
+    fingerprint: str = ""  # the export's identity (`layout.export_fingerprint`): keys its item vectors
+    student_only: bool = False
 
 
 def save_module(module: ServingModule, path: str) -> None:
@@ -51,7 +55,7 @@ def save_module(module: ServingModule, path: str) -> None:
 
 def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int | None = None,
                  sample_data: str | list[str] | None = None, prune: bool = True, measure_unpruned: bool = True,
-                 log: Callable[[str], None] = print) -> ExportResult:
+                 log: Callable[[str], None] = print, student_only: bool = False) -> ExportResult:
     """Export the latest checkpoint of `model_dir` as BASE/<version>; nothing is left behind if it fails.
 
     Args:
@@ -63,6 +67,8 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
       prune: prune all-zero and never-updated rows (`serving.savedmodel.prune`).
       measure_unpruned: also write the unpruned SavedModel once, to report the bytes pruning saves.
       log: where progress lines go.
+      student_only: only the student's signatures (user_embedding, item_embedding, prerank, pairwise,
+        prerank_vectors) and the tables they read: no teacher, no cross or privileged tables.
     """
     spec = as_spec(spec)
     if version is not None and version <= 0:
@@ -84,27 +90,37 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
     try:
         before = None
         if measure_unpruned and prune:
-            save_module(ServingModule(model), temp + ".unpruned")
+            save_module(ServingModule(model, student_only=student_only), temp + ".unpruned")
             before = directory_bytes(os.path.join(temp + ".unpruned", "variables"))
             shutil.rmtree(temp + ".unpruned")
         pruning = prune_model(model, checkpoint) if prune else []
-        module = ServingModule(model)
+        module = ServingModule(model, student_only=student_only)
         log(f"writing {temp} ...")
         save_module(module, temp)
         batch = next(iter(make_pipeline(spec, sample_data, InputConfig(batch_size=64, shuffle_buffer=0))))
         names = [n for n in module.functions if n != "serving_default"]
-        write_warmup(temp, spec, names, batch["features"], MODEL_NAME)
+        vectors = None
+        if "item_embedding" in module.functions:  # prerank_vectors' warmup takes the export's own item vectors
+            def vectors(inputs):
+                return call_signature(module.functions["item_embedding"], inputs, "warmup item vectors")["item_vector"]
+        write_warmup(temp, spec, names, batch["features"], MODEL_NAME, item_vectors=vectors)
         replay_warmup(module.functions, temp)  # TF Serving would refuse to load a version whose warmup fails
         after = directory_bytes(os.path.join(temp, "variables"))
+        options = {"pruned": prune, "student_only": student_only, "input_checks": True}
+        fingerprint = export_fingerprint(checkpoint_digest(checkpoint), spec.fingerprint, options)
+        columns = input_columns(spec, "user") + input_columns(spec, "item") if student_only else \
+            input_columns(spec, "all")
         manifest = {
             "version": version, "model_name": MODEL_NAME, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
             "spec": os.path.abspath(spec.path), "spec_fingerprint": spec.fingerprint, "warmup_data": sample_data,
-            "signatures": sorted(module.functions), "pruned": prune,
+            "signatures": sorted(module.functions), "pruned": prune, "student_only": student_only,
+            "fingerprint": fingerprint, "export_options": options,
+            "vector_dim": model.config.model.student.user_tower[-1] if model.has_student else None,
             # what evaluating the export needs besides its signatures (`evaluation.ExportScorer`)
             "student_task": model.student_task if model.has_student else None,
             "catalog_id_feature": id_feature(spec, "item", model.config.model.student.dual_augmented.item_feature),
-            "input_rules": {c.name: input_rule(c) for c in input_columns(spec, "all")},
+            "input_rules": {c.name: input_rule(c) for c in columns},
             "row_rules": module.row_rules,
             "pruning": [p.as_dict() for p in pruning],
             "variables_bytes": {"before": before, "after": after}}
@@ -114,4 +130,4 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(temp + ".unpruned", ignore_errors=True)
         raise
-    return ExportResult(final, version, pruning, before, after)
+    return ExportResult(final, version, pruning, before, after, fingerprint, student_only)

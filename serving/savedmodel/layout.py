@@ -8,6 +8,7 @@
           prerank_export.json          where the export came from: checkpoint, spec, pruning (`export`)
       .tmp-4-<host>-<pid>/         a version being written (`trainer.files`)
 """
+import hashlib
 import json
 import os
 
@@ -84,3 +85,40 @@ def read_manifest(export_dir: str) -> dict:
 def directory_bytes(path: str) -> int:
     """Bytes of every file under `path`."""
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+FINGERPRINT_CHARS = 20  # hex digits of a SHA-256 kept: 80 bits
+
+
+def checkpoint_digest(checkpoint: str) -> str:
+    """SHA-256 of a checkpoint's files (`ckpt-N.index` and its data shards), in name order: the weights
+    themselves, whatever directory they lie in."""
+    folder, prefix = os.path.split(checkpoint)
+    names = sorted(n for n in os.listdir(folder) if n == f"{prefix}.index" or n.startswith(f"{prefix}.data-"))
+    if not names:
+        raise ExportError(f"{checkpoint}: no checkpoint files (.index, .data-*) to fingerprint")
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode())
+        with open(os.path.join(folder, name), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def export_fingerprint(checkpoint_sha256: str, spec_fingerprint: str, options: dict) -> str:
+    """The identity of an export's item vectors: the checkpoint's content, the spec and the export options
+    (pruned, student-only, ...). Two exports share it only when they compute the same vectors the same way;
+    item stores key vectors by it, so one export's vectors are never served with another's."""
+    text = json.dumps({"checkpoint": checkpoint_sha256, "spec": spec_fingerprint, "options": options},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
+
+
+def manifest_fingerprint(export_dir: str, manifest: dict) -> str:
+    """The fingerprint a manifest records; an ExportError for an export written before fingerprints."""
+    value = manifest.get("fingerprint")
+    if not isinstance(value, str) or not value:
+        raise ExportError(f"{os.path.join(export_dir, MANIFEST)}: no 'fingerprint' (an export of an older prerank); "
+                          "export the model again: item vectors are keyed by the export's fingerprint")
+    return value

@@ -10,9 +10,11 @@ row (the id's row in the trained table) to compact row. Compact row 0 is a
 shared zero row: every pruned row maps to it. A table where the index would
 cost more bytes than the pruned rows save (small or dense tables) stays a
 plain table with its pruned rows set to zero. A never-updated row therefore
-reads zeros, which is also what an out-of-vocabulary id reads when the table's
-OOV rows were never trained; in the trained model such a row held random
-initial values that carried no information.
+reads zeros; in the trained model such a row held random initial values that
+carried no information. A vocabulary table's OOV rows start at zero
+(`trainer.layers.embedding.EmbeddingTable`'s `zero_rows`): never trained, they
+read zeros in the checkpoint and the export alike; trained (rare ids, or
+`model.id_dropout`), FTRL's slots show them updated and they are kept.
 """
 from dataclasses import asdict, dataclass
 

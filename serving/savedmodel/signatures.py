@@ -11,8 +11,11 @@ runs inside the graph. Signatures:
 - prerank: one user's columns [1] and N candidates' item columns [N] -> logit, score [N];
   the user tower runs once (serving_default)
 - pairwise: aligned user and item columns [B] -> logit, score [B]
+- prerank_vectors: one user's columns [1] and N candidates' precomputed item vectors (`item_vectors`
+  float32 [N, d], e.g. from `prerank embed-items`) -> logit, score [N]; only the user tower runs
 - fine_rank: every feature column [B] -> each task's prediction, raw output (<task>_output), a
-  regression task's estimate of its target (<task>_estimate), and fused_score [B]
+  regression task's estimate of its target (<task>_estimate), and fused_score [B] (not in a student-only
+  export, which holds the student's signatures and the tables they read, nothing of the teacher)
 
 logit = user_vector . item_vector + logit_bias; score = sigmoid(logit).
 
@@ -55,6 +58,16 @@ from trainer.spec.types import Spec
 
 
 PRERANK_USER_ROWS = "prerank scores one user, so user and context columns hold exactly 1 row"
+ITEM_VECTORS = "item_vectors"  # the prerank_vectors input holding the candidates' vectors
+
+
+def item_vectors_column(spec: Spec, dim: int) -> RawColumn:
+    """The `item_vectors` input of prerank_vectors as a column [N, dim] (checked like a dense vector: shape,
+    finite); an ExportError if a raw column of the spec already has that name."""
+    if ITEM_VECTORS in raw_columns(spec):
+        raise ExportError(f"{spec.path}: a column is named '{ITEM_VECTORS}', the name of the prerank_vectors "
+                          "signature's vector input; rename the column")
+    return RawColumn(ITEM_VECTORS, "float32", "vector", dim, users=("signature 'prerank_vectors'",))
 
 
 def input_columns(spec: Spec, role: str) -> list[RawColumn]:
@@ -113,13 +126,16 @@ class ServingModule(tf.Module):
       model: the model to serve.
       input_checks: check every request in the graph (`input_checks`). Only the serving benchmark turns
         them off, to measure what they cost; an export always has them.
+      student_only: only the student's signatures (user_embedding, item_embedding, prerank, pairwise,
+        prerank_vectors), and only the variables and lookup tables they read: no teacher, no cross or
+        privileged tables.
     """
 
-    def __init__(self, model: JointModel, input_checks: bool = True):
+    def __init__(self, model: JointModel, input_checks: bool = True, student_only: bool = False):
         super().__init__(name="prerank")
         spec = model.spec
-        self.model_variables = list(model.variables)
-        self.lookup_tables = [m.lookup_table for m in model.submodules if hasattr(m, "lookup_table")]
+        if student_only and not model.has_student:
+            raise ExportError(f"{spec.path}: a teacher-only model (model.mode: teacher) has no student to export")
         self.functions: dict[str, tf.types.experimental.ConcreteFunction] = {}
         self.row_rules: dict[str, str] = {}  # signature -> how many rows its columns hold, in words
 
@@ -131,12 +147,14 @@ class ServingModule(tf.Module):
             self.row_rules[name] = "; ".join(g.holds for g in groups)
             self.functions[name] = tf.function(fn).get_concrete_function(**{s.name: s for s in specs})
 
-        everything = tuple(input_columns(spec, "all"))
-        signature("fine_rank", lambda cols: fine_rank_outputs(model, cols),
-                  [RowGroup(everything, "every column holds one row per example")])
+        if not student_only:
+            everything = tuple(input_columns(spec, "all"))
+            signature("fine_rank", lambda cols: fine_rank_outputs(model, cols),
+                      [RowGroup(everything, "every column holds one row per example")])
         if not model.has_student:
             self.functions["serving_default"] = self.functions["fine_rank"]
             self.row_rules["serving_default"] = self.row_rules["fine_rank"]
+            self._track(model, student_only)
             return
         user, item = (tuple(side) for side in tower_columns(spec))
         bias = model.similarity.bias
@@ -158,8 +176,30 @@ class ServingModule(tf.Module):
         signature("pairwise", lambda cols: _prediction(model.similarity.logit(model.user_vector(cols),
                                                                               model.item_vector(cols))),
                   [RowGroup(user + item, "user, context and item columns hold one row per pair")])
+        vectors = item_vectors_column(spec, model.config.model.student.user_tower[-1])
+
+        def prerank_vectors(cols):
+            u = model.user_vector({c.name: cols[c.name] for c in user})  # [1, d]: the only tower that runs
+            return _prediction(model.similarity.logit(u, cols[ITEM_VECTORS]))
+
+        signature("prerank_vectors", prerank_vectors,
+                  [RowGroup(user, PRERANK_USER_ROWS, rows=1),
+                   RowGroup((vectors,), "item_vectors holds one vector per candidate")])
         self.functions["serving_default"] = self.functions["prerank"]
         self.row_rules["serving_default"] = self.row_rules["prerank"]
+        self._track(model, student_only)
+
+    def _track(self, model: JointModel, student_only: bool) -> None:
+        """Track what the signatures need: every variable and lookup table of the model, or (student-only)
+        those the traced signatures capture, so the teacher's are not written."""
+        variables = list(model.variables)
+        tables = [m.lookup_table for m in model.submodules if hasattr(m, "lookup_table")]
+        if student_only:
+            captured = {id(t) for f in self.functions.values() for t in f.captured_inputs}
+            variables = [v for v in variables if id(v.handle) in captured]
+            tables = [t for t in tables if id(t.resource_handle) in captured]
+        self.model_variables = variables
+        self.lookup_tables = tables
 
 
 def fine_rank_outputs(model: JointModel, cols: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -79,8 +79,8 @@ def reference_outputs(model, signature: str, features: dict, candidates: int) ->
         return {"user_vector": u.numpy(), "logit_bias": np.full(len(u), model.similarity.bias.numpy())}
     if signature == "item_embedding":
         return {"item_vector": model.item_vector(rows).numpy()}
-    if signature in ("pairwise", "prerank"):
-        if signature == "prerank":  # row 0's user against every candidate
+    if signature in ("pairwise", "prerank", "prerank_vectors"):
+        if signature != "pairwise":  # row 0's user against every candidate
             users = set(user_columns(model.spec))
             rows = {k: (tf.gather(v, tf.zeros([candidates], tf.int32)) if k in users else v)
                     for k, v in rows.items()}
@@ -115,7 +115,8 @@ def verify_export(path: str, data: str | list[str] | None = None, batches: int =
         result.rows += n
         exported.append({})
         for name in names:
-            inputs = signature_inputs(spec, name, features, n)
+            inputs = signature_inputs(spec, name, features, n,  # prerank_vectors: the reference's item vectors
+                                      lambda items: model.item_vector(items).numpy())
             got = call_signature(loaded.signatures[name], inputs, f"{export_dir}: {name} on batch {i} of {data}")
             exported[-1][name] = got
             want = reference_outputs(model, name, features, n)

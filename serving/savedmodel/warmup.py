@@ -5,7 +5,7 @@ PredictionLog) when it loads a version, so the first real request does not pay
 for graph initialisation. Inputs come from the spec (`signatures.input_columns`).
 """
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -14,7 +14,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from serving.savedmodel.layout import WARMUP_FILE
 from serving.savedmodel.requests import call_signature
-from serving.savedmodel.signatures import input_columns, serving_inputs
+from serving.savedmodel.signatures import ITEM_VECTORS, input_columns, serving_inputs
 from trainer.data.records import clean_message
 from trainer.errors import DataError, ExportError
 from trainer.spec.types import Spec
@@ -22,10 +22,20 @@ from trainer.spec.types import Spec
 MAX_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords: a longer warmup file fails the version's load
 
 
-def signature_inputs(spec: Spec, signature: str, features: dict, candidates: int) -> dict[str, np.ndarray]:
+ItemVectors = Callable[[dict[str, np.ndarray]], np.ndarray]  # item columns -> item vectors [N, d]
+
+
+def signature_inputs(spec: Spec, signature: str, features: dict, candidates: int,
+                     item_vectors: ItemVectors | None = None) -> dict[str, np.ndarray]:
     """Inputs of `signature` from a batch's features: `candidates` rows (prerank: row 0's user and
-    `candidates` items)."""
+    `candidates` items; prerank_vectors: row 0's user and the vectors `item_vectors` gives those items)."""
     rows = slice(0, candidates)
+    if signature == "prerank_vectors":
+        if item_vectors is None:
+            raise ExportError("prerank_vectors inputs need the candidates' item vectors (item_vectors)")
+        items = serving_inputs(features, input_columns(spec, "item"), rows)
+        return {**serving_inputs(features, input_columns(spec, "user"), slice(0, 1)),
+                ITEM_VECTORS: np.asarray(item_vectors(items), np.float32)}
     if signature == "prerank":
         return {**serving_inputs(features, input_columns(spec, "user"), slice(0, 1)),
                 **serving_inputs(features, input_columns(spec, "item"), rows)}
@@ -44,14 +54,16 @@ def predict_request(model_name: str, signature: str, inputs: dict[str, np.ndarra
 
 
 def write_warmup(export_dir: str, spec: Spec, signatures: list[str], features: dict, model_name: str,
-                 candidates: int = 16) -> str:
-    """Write the warmup file of `export_dir` (one request per signature); its path."""
+                 candidates: int = 16, item_vectors: ItemVectors | None = None) -> str:
+    """Write the warmup file of `export_dir` (one request per signature); its path. `item_vectors` computes
+    the candidates' vectors of the prerank_vectors request (the export's own item_embedding)."""
     path = os.path.join(export_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for signature in signatures:
-            rows = 1 if signature == "prerank" else candidates
-            request = predict_request(model_name, signature, signature_inputs(spec, signature, features, rows))
+            rows = 1 if signature in ("prerank", "prerank_vectors") else candidates
+            inputs = signature_inputs(spec, signature, features, rows, item_vectors)
+            request = predict_request(model_name, signature, inputs)
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return path

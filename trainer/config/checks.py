@@ -1,7 +1,9 @@
 """Checks of a configuration that need the spec, or several knobs at once."""
+import math
 from collections.abc import Callable
 
-from trainer.config.knobs import Component, Config
+from trainer.config.derived import id_dropout_tables
+from trainer.config.knobs import MAX_ID_DROPOUT, Component, Config
 from trainer.registry import DISTILLATION_LOSSES, TOWERS
 from trainer.spec.attention import attention_pairs
 from trainer.spec.located_yaml import Path
@@ -44,6 +46,13 @@ def check_against_spec(config: Config, spec: Spec, issue: Callable[[Path, str], 
         if f is None or f.side != side or f.kind != "categorical":
             issue(("model", "student", "dual_augmented", f"{side}_feature"),
                   f"expected a categorical {side} feature of the spec, got {name!r}")
+    droppable = id_dropout_tables(spec)
+    for name, rate in m.id_dropout_tables.items():
+        if name not in droppable:
+            issue(("model", "id_dropout_tables", name), f"expected a table read by a categorical feature through a "
+                  f"vocabulary (source data or file): {', '.join(droppable) or 'the spec has none'}")
+        elif not (isinstance(rate, float) and math.isfinite(rate) and 0 <= rate <= MAX_ID_DROPOUT):
+            issue(("model", "id_dropout_tables", name), f"expected a number in [0, {MAX_ID_DROPOUT}], got {rate!r}")
     if m.mode == "student" and not t.teacher_dir:
         issue(("training", "teacher_dir"), "model.mode student needs the trained teacher's model directory")
     if m.distill.cascade.enabled and m.mode == "teacher":

@@ -15,6 +15,7 @@ from trainer.registry import DISTILLATION_LOSSES, REGRESSION_LOSSES, SIMILARITIE
 
 MAX_LAYER_SIZE = 16_384  # units of one dense layer (a larger one is a typo: 1e9 units would not fit in memory)
 MAX_STEPS = 10**12  # steps, step counts and batch sizes
+MAX_ID_DROPOUT = 0.5  # model.id_dropout: past half of the ids an id table would learn little but its OOV row
 
 
 def knob(default: Any, doc: str, choices: tuple | None = None, registry: Registry | None = None,
@@ -160,6 +161,14 @@ class ModelConfig:
     distill: DistillConfig = knob(DistillConfig(), "distillation from teacher to student")
     ftrl: FtrlConfig = knob(FtrlConfig(), "optimizer of the embedding tables")
     adagrad: AdagradConfig = knob(AdagradConfig(), "optimizer of the dense layers")
+    id_dropout: float = knob(0.05, "in training only: the share of the ids of each categorical feature looked up in a "
+                                  "vocabulary (spec source data or file) that read their table's out-of-vocabulary row "
+                                  "instead, drawn per id and step from training.seed; so that row learns the "
+                                  "'unknown id' embedding every rare or unseen id reads (sequences and hashed crosses "
+                                  "are not dropped; the default was chosen on a tuning split, README: Cold-start rows)",
+                             maximum=MAX_ID_DROPOUT)
+    id_dropout_tables: dict[str, float] = knob({}, "table -> id dropout rate of the categorical features reading it, "
+                                                   "in place of model.id_dropout (0: none for that table)")
 
 
 EVAL_POINTS = 8  # evaluations (and zero-row scans) in a run whose training.eval_every is not set

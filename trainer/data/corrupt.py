@@ -3,8 +3,11 @@
 A TFRecord whose framing or checksum breaks cannot be read past that point:
 the readable prefix is kept and the rest of the file is reported as skipped.
 A CSV line is corrupt when its field count is wrong or a number in it does not
-parse; such lines are skipped one by one. Missing values are not corruption:
-they take the spec's default or fail.
+parse; such lines are skipped one by one. A Parquet row group that cannot be
+read (a damaged page, a failed page checksum, a value that does not convert)
+is skipped whole, and a Parquet file whose footer cannot be read is skipped
+whole (counted as 1, its rows being unknown). Missing values are not
+corruption: they take the spec's default or fail.
 
 A scan's result is kept per file (with its size and modification time, the
 spec and the parse plan): the reads of one job (fitting the preprocessing,
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 
+from trainer.data import parquet
 from trainer.data.probe import ParsePlan
 from trainer.data.records import RECORD_BITS, clean_message, tfrecord_compression
 from trainer.errors import DataError
@@ -37,10 +41,12 @@ class Skipped:
     """Corrupt data found in one file."""
 
     file: str
-    records: int  # records (CSV lines) skipped; for a TFRecord, 1 for the unreadable tail
-    readable: int  # records that could be read
+    records: int  # records (CSV lines, Parquet rows) skipped; 1 for a TFRecord's unreadable tail or a Parquet
+    # file whose footer cannot be read
+    readable: int  # records that could be read (-1: not counted, CSV)
     detail: str
     lines: tuple[int, ...] = ()  # CSV: the skipped line numbers
+    row_groups: tuple[int, ...] = ()  # Parquet: the skipped row groups (none: the whole file)
 
     def as_dict(self) -> dict:
         """What a command records: file, records, detail, and for a TFRecord the records read before the
@@ -134,6 +140,10 @@ def _csv_rows(path: str, compression: str):
 
 
 def _scan_file(spec: Spec, plan: ParsePlan, path: str) -> Skipped | None:
+    if plan.format == "parquet":
+        found = parquet.scan_file(path, raw_columns(spec), plan.stored)
+        return None if found is None else Skipped(path, found.rows, found.readable, found.detail,
+                                                  row_groups=found.row_groups)
     if plan.format == "tfrecord":
         readable, error = _tfrecord_readable(path, plan.compression)
         if error is None:

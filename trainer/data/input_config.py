@@ -11,9 +11,9 @@ class InputConfig:
     epochs: int | None = 1  # passes over the data; None repeats forever
     deterministic: bool = False  # fixed order and seeded shuffles (tests, reproducible runs)
     seed: int = 0  # seed of the shuffles
-    num_workers: int = 1  # file-level sharding across workers
+    num_workers: int = 1  # sharding across workers: by file (Parquet: by row group)
     worker_index: int = 0
-    cycle_length: int = 4  # files read in parallel
+    cycle_length: int = 4  # files (Parquet: row groups) read in parallel
     drop_remainder: bool = False  # drop the last partial batch
     pad_sequences: bool = False  # sequences as dense [B, max_length] padded with PAD_ID / PAD_STRING
     skip_corrupt: bool = False  # skip (and count) corrupt records instead of failing

@@ -1,7 +1,8 @@
 """Parsing a batch of records into the batch dict, with one vectorised op per batch, and checking its values.
 
 TFRecord: `tf.io.parse_example` with a description derived from the spec's raw
-columns; CSV: `decode_csv` of every field as text, then conversion. Then
+columns; CSV: `decode_csv` of every field as text, then conversion; Parquet:
+rows read already typed, unpacked (`trainer.data.parquet.unpack_batch`). Then
 sequences are truncated (and padded with `pad_sequences`), numbers cast, and
 NaN / inf, ids that break the id rule (`trainer.data.records`: negative ids
 other than a column's declared default, empty strings in sequences) and
@@ -9,6 +10,7 @@ non-0/1 binary labels fail naming the first bad record.
 """
 import tensorflow as tf
 
+from trainer.data import parquet
 from trainer.data.input_config import InputConfig
 from trainer.data.probe import ParsePlan
 from trainer.data.records import PAD_ID, PAD_STRING, record_origins
@@ -17,16 +19,19 @@ from trainer.spec.types import Spec
 
 
 def batch_parser(spec: Spec, plan: ParsePlan, config: InputConfig, files: list[str]):
-    """The map function of the pipeline: (serialized records [B], record ids [B]) -> the batch dict."""
+    """The map function of the pipeline: (records [B], record ids [B]) -> the batch dict. Records are
+    serialized tf.Examples, CSV lines, or packed Parquet rows."""
     columns = raw_columns(spec)
     finish = batch_finisher(spec, config)
     paths = tf.constant(files)
-    description = example_description(plan, columns)
+    description = example_description(plan, columns) if plan.format == "tfrecord" else None
 
     @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing stays quick
-    def parse(records: tf.Tensor, ids: tf.Tensor) -> dict:
+    def parse(records, ids: tf.Tensor) -> dict:
         origins = record_origins(ids, paths, plan.format)
-        if plan.format == "csv":
+        if plan.format == "parquet":
+            raw, checks = parquet.unpack_batch(columns, plan.stored, records)
+        elif plan.format == "csv":
             raw, checks = _parse_csv(records, plan, columns, spec.data.list_delimiter)
         else:
             raw = tf.io.parse_example(records, description, example_names=origins)

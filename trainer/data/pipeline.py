@@ -2,9 +2,12 @@
 
 Records are read file-parallel (interleave) in small chunks, unbatched,
 shuffled, batched, and only then parsed with one vectorised op per batch.
-Every record carries an int64 id (file index and record / line number) from
-which a parse error's origin (`file#record` or `file:line`) is rebuilt, so
-errors name the file. Each element is a dict:
+Parquet files are read by row group (`trainer.data.parquet`): the unit of
+work, of sharding and of the interleave is a (file, row group) pair, and a
+record is a row packed into a few tensors, unpacked once per batch.
+Every record carries an int64 id (file index and record / line / row number)
+from which a parse error's origin (`file#record`, `file:line` or `file#row N`)
+is rebuilt, so errors name the file. Each element is a dict:
 
 - ``features``: raw input columns keyed by column name (ids int64/string [B],
   numbers float32 [B], vectors float32 [B, dim], sequences ragged [B, None]
@@ -18,13 +21,14 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from trainer.data import corrupt
+from trainer.data import corrupt, parquet
 from trainer.data.input_config import InputConfig
 from trainer.data.parse import batch_parser
 from trainer.data.probe import ParsePlan, probe_files
 from trainer.data.read_errors import translate_errors
 from trainer.data.records import RECORD_BITS, tfrecord_compression
 from trainer.errors import DataError
+from trainer.spec.columns import raw_columns
 from trainer.spec.types import Spec
 
 _CHUNK = 256  # records read from a file per interleave step (then unbatched): far cheaper than one by one
@@ -64,16 +68,14 @@ def resolve_files(patterns: str | Sequence[str]) -> list[str]:
 
 def make_pipeline(spec: Spec, patterns: str | Sequence[str], config: InputConfig = InputConfig(),
                   fmt: str | None = None, compression: str | None = None) -> InputPipeline:
-    """Build the pipeline over the files matching `patterns` (format defaults to the spec's)."""
+    """Build the pipeline over the files matching `patterns` (format defaults to the spec's; the compression
+    too, for TFRecord and CSV: Parquet compresses inside its files)."""
     fmt = fmt or spec.data.format
     compression = compression or spec.data.compression
     files = resolve_files(patterns)
-    if config.num_workers > 1 and len(files) < config.num_workers:
-        raise DataError(f"{len(files)} file(s) cannot be sharded over {config.num_workers} workers; "
-                        "write at least one file per worker")
-    plan = probe_files(spec, files, fmt, compression)
+    plan = probe_files(spec, files, fmt, compression, skip_corrupt=config.skip_corrupt)
     skipped = corrupt.scan(spec, plan, files) if config.skip_corrupt else []
-    dataset = read_records(files, plan, config, skipped)
+    dataset = read_records(files, plan, config, skipped, raw_columns(spec))
     if config.shuffle_buffer > 0:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed,
                                   reshuffle_each_iteration=not config.deterministic)
@@ -83,13 +85,28 @@ def make_pipeline(spec: Spec, patterns: str | Sequence[str], config: InputConfig
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.deterministic)
     options = tf.data.Options()
     options.deterministic = config.deterministic
+    if plan.format == "parquet":
+        # Row groups are read by a tf.py_function, stateful to TensorFlow, which refuses to checkpoint an iterator
+        # over it by default. The read is a pure function of its (file, row group) input, which the iterator's
+        # state holds: a restore reads the same rows again. So the iterator may be saved (training resumes).
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
     return InputPipeline(spec, files, plan, dataset, skipped)
 
 
 def read_records(files: list[str], plan: ParsePlan, config: InputConfig,
-                 skipped: list[corrupt.Skipped] = ()) -> tf.data.Dataset:
-    """(record, record id) pairs, read file-parallel; corrupt records in `skipped` are left out."""
+                 skipped: list[corrupt.Skipped] = (), columns: dict | None = None) -> tf.data.Dataset:
+    """(record, record id) pairs, read file-parallel; corrupt records in `skipped` are left out.
+
+    A record is a serialized tf.Example, a CSV line or a packed Parquet row (which needs the spec's
+    `columns`, `trainer.spec.columns.raw_columns`)."""
+    if plan.format == "parquet":
+        index = {path: i for i, path in enumerate(files)}
+        skipped_groups = {index[s.file]: set(s.row_groups) for s in skipped if s.file in index}
+        return parquet.read_rows(files, columns, plan.stored, plan.row_groups, config, skipped_groups)
+    if config.num_workers > 1 and len(files) < config.num_workers:
+        raise DataError(f"{len(files)} file(s) cannot be sharded over {config.num_workers} workers; "
+                        "write at least one file per worker")
     indexes = tf.data.Dataset.range(len(files))
     if config.num_workers > 1:
         indexes = indexes.shard(config.num_workers, config.worker_index)

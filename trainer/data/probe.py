@@ -4,7 +4,9 @@ TFRecord: the first record of each file must carry every column the spec
 needs without a default; a column's stored list type (int64 / float / bytes)
 must suit its use (a numeric feature may be stored as int64, an id may not be
 stored as float). CSV: every file's header must hold the needed columns, and
-all headers must agree. Failures name the file, the column and its users.
+all headers must agree. Parquet: every file's schema must hold the needed
+columns with usable types, the same in every file (`trainer.data.parquet`).
+Failures name the file, the column and its users.
 """
 import gzip
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 
+from trainer.data import parquet
 from trainer.data.records import tfrecord_compression
 from trainer.errors import DataError
 from trainer.spec.columns import raw_columns
@@ -29,13 +32,21 @@ class ParsePlan:
     stored: dict[str, str]
     csv_index: dict[str, int] = field(default_factory=dict)
     csv_fields: int = 0  # CSV: fields per line (the header's length); 0 = unknown
+    row_groups: tuple[tuple[int, ...], ...] = ()  # Parquet: per file, the rows of each row group
 
 
-def probe_files(spec: Spec, files: list[str], fmt: str, compression: str) -> ParsePlan:
+def probe_files(spec: Spec, files: list[str], fmt: str, compression: str, skip_corrupt: bool = False) -> ParsePlan:
+    """The parse plan of `files`; fails naming the first file that does not suit the spec.
+
+    Parquet files compress inside themselves: `compression` is ignored for them. With `skip_corrupt`, a Parquet
+    file whose footer cannot be read is left for the corruption scan to skip and count."""
     if fmt == "csv":
         return _probe_csv(spec, files, compression)
+    if fmt == "parquet":
+        stored, row_groups = parquet.probe(raw_columns(spec), files, skip_corrupt)
+        return ParsePlan("parquet", "none", stored, row_groups=row_groups)
     if fmt != "tfrecord":
-        raise DataError(f"unknown data format '{fmt}'; expected tfrecord or csv")
+        raise DataError(f"unknown data format '{fmt}'; expected tfrecord, csv or parquet")
     return _probe_tfrecord(spec, files, compression)
 
 

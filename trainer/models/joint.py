@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from trainer.config.derived import fused_weights, student_task
+from trainer.config.derived import fused_weights, id_dropout_rates, student_task
 from trainer.config.knobs import Config, StudentConfig
 from trainer.data.catalog import ItemCatalog
 from trainer.errors import ConfigError
@@ -33,6 +33,9 @@ from trainer.registry import DISTILLATION_LOSSES, REGRESSION_LOSSES, SIMILARITIE
 from trainer.spec.attention import attention_pairs
 from trainer.spec.sides import id_feature, user_columns
 from trainer.spec.types import SIDES, TOWER_SIDES, Spec
+
+
+ID_DROPOUT_STREAM = 0x1D  # folded into a step's seed: the id dropout's draws differ from the cascade samples'
 
 
 @dataclass
@@ -96,7 +99,7 @@ class JointModel(tf.keras.Model):
         self.fused_weights = fused_weights(config, spec)
         self.labels = {label.name: label for label in spec.labels}
         self.regression = REGRESSION_LOSSES.factory(m.teacher.regression_loss.name)(**m.teacher.regression_loss.params)
-        self.encoder = FeatureEncoder(spec, preprocessing, name="encoder")
+        self.encoder = FeatureEncoder(spec, preprocessing, id_dropout_rates(config, spec), name="encoder")
         self.attention_pairs = attention_pairs(spec) if m.teacher.target_attention else []
         self.attended = {p.sequence for p in self.attention_pairs}  # sequences kept unpooled for the attention
         t = m.teacher
@@ -130,12 +133,18 @@ class JointModel(tf.keras.Model):
             named = {"user": s.dual_augmented.user_feature, "item": s.dual_augmented.item_feature}
             self.augment_features = {side: spec.feature(id_feature(spec, side, name)) for side, name in named.items()}
             self.augment_tables = {side: EmbeddingTable(self.encoder.tables[f.embedding.table].num_rows,
-                                                        s.user_tower[-1], "uniform", name=f"augment_{side}")
+                                                        s.user_tower[-1], "uniform",
+                                                        self.encoder.tables[f.embedding.table].zero_rows,
+                                                        name=f"augment_{side}")
                                    for side, f in self.augment_features.items()}
 
     # ---- forward ----
-    def call(self, features: dict[str, tf.Tensor], training: bool = False) -> Outputs:
-        encoded, histories = self.encoder.encode_keeping(features, self.attended)
+    def call(self, features: dict[str, tf.Tensor], training: bool = False,
+             drop_seed: tf.Tensor | None = None) -> Outputs:
+        """One forward pass; `drop_seed` ([2] int64, given in training only) draws the id dropout
+        (model.id_dropout) of the shared encoder, the dual augmented ids' lookups included; a frozen teacher's
+        encoder never drops."""
+        encoded, histories = self.encoder.encode_keeping(features, self.attended, drop_seed)
         if self.mode == "student":
             teacher_encoded, histories = self.teacher_encoder.encode_keeping(features, self.attended)
         else:
@@ -147,7 +156,8 @@ class JointModel(tf.keras.Model):
                            histories=histories)
         aug_u = aug_v = None
         if self.augmented:
-            aug_u, aug_v = self.augment_vector("user", features), self.augment_vector("item", features)
+            aug_u, aug_v = self.augment_vector("user", features, drop_seed), self.augment_vector("item", features,
+                                                                                                 drop_seed)
         u = self.user_tower(encoded, aug_u, training=training)
         v = self.item_tower(encoded, aug_v, training=training)
         return Outputs(teacher_logits, teacher_score, self.similarity(u, v), u, v, aug_u, aug_v, teacher_encoded,
@@ -160,10 +170,11 @@ class JointModel(tf.keras.Model):
         encoded = {f.name: self.encoder.encode(f, features) for f in self.spec.features_on(*TOWER_SIDES[side])}
         return encoded, self.augment_vector(side, features) if self.augmented else None
 
-    def augment_vector(self, side: str, features: dict[str, tf.Tensor]) -> tf.Tensor:
-        """The dual augmented vector of `side`'s id, [B, d]."""
+    def augment_vector(self, side: str, features: dict[str, tf.Tensor],
+                       drop_seed: tf.Tensor | None = None) -> tf.Tensor:
+        """The dual augmented vector of `side`'s id, [B, d] (`drop_seed`: the id dropout, as in the encoder)."""
         feature = self.augment_features[side]
-        return self.augment_tables[side](self.encoder.row_ids(feature, features))
+        return self.augment_tables[side](self.encoder.row_ids(feature, features, drop_seed))
 
     def user_vector(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         """The serving user vector [B, d]: logit = user_vector . item_vector + similarity bias."""
@@ -224,7 +235,7 @@ class JointModel(tf.keras.Model):
         if cascade and m.distill.cascade.unexposed > 0:
             features, groups = with_unexposed(features, groups, n_groups, m.distill.cascade.unexposed, self.catalog,
                                               user_columns(self.spec), seed)
-        out = self(features, training=training)
+        out = self(features, training=training, drop_seed=self.id_dropout_seed(step, seed) if training else None)
         losses: dict[str, tf.Tensor] = {}
         total = tf.constant(0.0)
         if self.mode != "student":
@@ -258,6 +269,14 @@ class JointModel(tf.keras.Model):
                 total += losses["weighted/mimic"]
         losses["loss/total"] = total
         return losses
+
+    def id_dropout_seed(self, step: tf.Tensor, seed: tf.Tensor | None) -> tf.Tensor | None:
+        """The id dropout's seed for a training step: drawn from the step's `seed` ([training.seed, step] in the
+        training loop; [0, step] without one) on a stream of its own; None when no table drops ids."""
+        if not self.encoder.id_dropout:
+            return None
+        base = seed if seed is not None else tf.stack([tf.constant(0, tf.int64), tf.cast(step, tf.int64)])
+        return tf.random.experimental.stateless_fold_in(base, ID_DROPOUT_STREAM)
 
     def task_loss(self, task: str, label: tf.Tensor, output: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
         """One teacher task's loss: cross-entropy (binary) or the regression loss on the transformed target."""

@@ -50,7 +50,10 @@ def raw_columns(spec: Spec) -> dict[str, RawColumn]:
         out[col.name] = RawColumn(col.name, have.dtype, have.shape, have.length, have.default, users,
                                   have.is_input or col.is_input)
 
-    for f in spec.features:
+    # Plain features first: a column a cross shares with one takes that feature's type and default (a cross
+    # hashes the canonical text of each column, `trainer.layers.encoder.cross_text`, so its columns may differ in
+    # type); a column only crosses read takes the cross's dtype.
+    for f in sorted(spec.features, key=lambda f: f.is_cross):
         shape = {"sequence": "list", "dense_vector": "vector"}.get(f.kind, "scalar")
         for c in f.columns:
             add(RawColumn(c, f.dtype, shape, f.dim, f.default, (f"feature '{f.name}'",)))

@@ -131,6 +131,9 @@ def _read_data(r: Reader, raw: Any, base: str) -> DataSource:
     if delimiter is not None and (not delimiter or delimiter in ',"\n\r'):
         r.error(("data", "list_delimiter"), f"expected a non-empty separator other than a comma, quote or line "
                                             f"break (CSV uses those), got {delimiter!r}")
+    if d["format"] == "parquet" and d["compression"] not in (None, "none"):
+        r.error(("data", "compression"), f"Parquet files compress inside themselves (their writer chooses the "
+                                         f"codec); leave compression out or set it to none, got {d['compression']!r}")
     splits = {split: _read_globs(r, d[split], ("data", split), base) for split in ("train", "validation", "eval")}
     return DataSource(format=d["format"] or "tfrecord", compression=d["compression"] or "none",
                       list_delimiter=d["list_delimiter"] or "|", **splits)
@@ -381,12 +384,18 @@ def _check_cross_references(r: Reader, spec: Spec, top: dict, positions: dict[in
             if a != b:
                 r.error(fpath(f, *key), f"shares table '{f.embedding.table}' with feature '{owner.name}' "
                                         f"but disagrees on {what}: {_show(b)} here, {_show(a)} there")
-    # A column read by several features must be typed and defaulted the same way.
+    # A column read by several features must be typed and defaulted the same way. A cross reads its columns as
+    # the features that own them do (it hashes their canonical text, whatever their types), but only scalars.
+    shape = lambda x: {"sequence": "list", "dense_vector": "vector"}.get(x.kind, "scalar")  # noqa: E731
     column_owner: dict[str, Feature] = {}
-    for f in spec.features:
+    for f in sorted(spec.features, key=lambda f: f.is_cross):
         for c in f.columns:
             owner = column_owner.setdefault(c, f)
-            shape = lambda x: {"sequence": "list", "dense_vector": "vector"}.get(x.kind, "scalar")  # noqa: E731
+            if owner is not f and f.is_cross:
+                if shape(owner) != "scalar":
+                    r.error(column_path(f), f"a cross hashes one id per row, but column '{c}' is a {shape(owner)} "
+                                            f"(read by {owner.kind} feature '{owner.name}')")
+                continue
             if owner is not f and (owner.dtype, shape(owner), owner.default) != (f.dtype, shape(f), f.default):
                 r.error(column_path(f), f"column '{c}' is also read by feature '{owner.name}' with another "
                                         f"dtype, shape or default ({f.dtype}/{shape(f)}/default={f.default!r} "

@@ -1,5 +1,7 @@
 """Views of the spec by tower side: the columns each student tower reads, the id features, the item catalog's
 columns. Derived from the features' sides, never listed."""
+from dataclasses import replace
+
 from trainer.errors import SpecError, SpecIssue
 from trainer.spec.types import TOWER_SIDES, Spec
 
@@ -30,3 +32,10 @@ def catalog_columns(spec: Spec) -> list[str]:
     offline statistics, the item half of crosses)."""
     users = set(user_columns(spec))
     return sorted({c for f in spec.features for c in f.columns if c not in users})
+
+
+def item_tower_spec(spec: Spec) -> Spec:
+    """What an item table holds: the spec cut to the student item tower's features (no labels, weight or group
+    key), so such a table is read and checked like any data, one row per item."""
+    return replace(spec, features=spec.features_on(*TOWER_SIDES["item"]), labels=(), sample_weight=None,
+                   group_key=())

@@ -21,8 +21,8 @@ INITIALIZERS = ("uniform", "normal", "truncated_normal", "glorot_uniform", "zero
 TRANSFORM_OPS = ("log1p", "zscore", "minmax", "bucketize")
 LABEL_TYPES = ("binary", "regression")
 LABEL_TRANSFORMS = ("none", "log1p")
-FORMATS = ("tfrecord", "csv")
-COMPRESSIONS = ("none", "GZIP")
+FORMATS = ("tfrecord", "csv", "parquet")
+COMPRESSIONS = ("none", "GZIP")  # of TFRecord and CSV files (Parquet compresses inside its files)
 # Upper bounds of sizes a spec declares (a value past one is almost always a typo: dim 1e9 would not fit in any
 # machine). A table too big for one machine within them is refused by `training.max_table_gb`.
 MAX_EMBEDDING_DIM = 1024

@@ -36,6 +36,7 @@ import tensorflow as tf
 from trainer.config.knobs import Config, evaluation_cadence
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
+from trainer.data.read_errors import translate_errors
 from trainer.errors import ConfigError, DataError, ModelDirError
 from trainer.files import atomic_write
 from trainer.spec.types import Spec
@@ -118,7 +119,7 @@ class Loop:
         self.eval_every = evaluation_cadence(self.training.eval_every, self.estimated_steps)
         self.state = {"model": self.model, "ftrl": self.ftrl, "adagrad": self.adagrad, "step": self.step,
                       "epochs_read": self.epochs_read, "pipeline_epochs": self.pipeline_epochs}
-        self.dataset = self.iterator = self.checkpoint = self.manager = None  # run() starts the data
+        self.dataset = self.iterator = self.checkpoint = self.manager = self.reading = None  # run() starts the data
         self.scratch = None if self.chief else worker_dir(model_dir, strategy)
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)  # left by a killed job; never restored from
@@ -188,10 +189,21 @@ class Loop:
         return self._pipeline(config).dataset
 
     def _pipeline(self, config: InputConfig):
-        """The input pipeline over the training data; what it skips goes into `skipped`."""
+        """The input pipeline over the training data; what it skips goes into `skipped`, its files and parse plan
+        into `reading` (a bad record met while training is named from them)."""
         pipeline = make_pipeline(self.spec, self.data, config)
         self.skipped.update((s.file, s.as_dict()) for s in pipeline.skipped)
+        self.reading = pipeline
         return pipeline
+
+    def _next_batch(self):
+        """The next batch (None at the end of a single worker's pipeline); a bad record is a DataError naming the
+        file, record and column, as in every other read."""
+        with translate_errors(self.spec, self.reading.files, self.reading.plan):
+            if self.multi_worker:  # the data repeat: no end to agree on (which would cost a collective)
+                return next(self.iterator)
+            optional = self.iterator.get_next_as_optional()
+            return optional.get_value() if optional.has_value() else None
 
     def _next_epochs(self) -> bool:
         """At the end of a pipeline (single worker): start one for the epochs still due, if any.
@@ -317,15 +329,11 @@ class Loop:
         started, examples, last = time.time(), 0, {}
         window_start, window_examples = time.time(), 0
         while self.total_steps is None or int(self.step.numpy()) < self.total_steps:
-            if self.multi_worker:  # the data repeat: no end to agree on (which would cost a collective)
-                batch = next(self.iterator)
-            else:
-                optional = self.iterator.get_next_as_optional()
-                if not optional.has_value():
-                    if self._next_epochs():
-                        continue
-                    break
-                batch = optional.get_value()
+            batch = self._next_batch()
+            if batch is None:
+                if self._next_epochs():
+                    continue
+                break
             losses = self._train_step(batch)
             step = int(self.step.numpy())
             rows = self._global_rows(batch)

@@ -1,25 +1,41 @@
-"""KuaiRand-Pure converter: joins the four parquet tables into tf.Example rows by date.
+"""KuaiRand-Pure preparation: the four bundled parquet tables through the generic converter.
 
-Each interaction becomes one row carrying the interaction's columns, its
-user's profile, its video's static features, the video's offline statistics
-(prefixed `stat_`: averages over the whole KuaiRand period, so offline-only)
-and the user's watch / like / long-watch sequences (empty lists for users
-without history: those rows are kept). Missing values stay missing (absent
-features / empty CSV cells); the spec says which columns take a default.
-Rows are sharded by `date` into `OUT/date=YYYYMMDD/part-XXXXX.*`.
+What is KuaiRand-specific, and only here:
+
+- the tables and keys: `interactions.parquet` (the impressions, partitioned
+  by its `date`), `user_features.parquet` and `user_sequences.parquet` joined
+  on `user_id`, `item_features.parquet` joined on `video_id`;
+- the item table mixes static properties (`ITEM_STATIC`, joined under their
+  own names) with offline statistics over the whole KuaiRand period (joined
+  again with the prefix `stat_`: offline-only); `ITEM_SKIPPED` are already in
+  the interactions (or redundant);
+- `INTEGER_CODES` are integer codes stored as floats (`int()`: a fraction is
+  an error); `tag` holds comma-separated tag ids (`split(tag, ',')`);
+- the user's watch / like / long-watch sequences are the bundled pre-period
+  ones (`user_sequences.parquet`, 2022-04-08..24, strictly before every
+  interaction); users without history get empty sequences and a
+  `history_len` of 0, not missing ones.
+
+Every column of the joined tables is kept (the spec reads a subset; the
+statistics it leaves out stay available for experiments). Rows keep the
+interactions' order within a date; the output is the same, value for value,
+as before the generic converter (`tests/test_kuairand.py` compares it with
+what the earlier converter wrote), and the same bytes from one run to the
+next.
 """
 import os
-from dataclasses import dataclass
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (registers pa.compute)
 import pyarrow.parquet as pq
 
+from trainer.data.convert.convert import ConvertResult, convert
+from trainer.data.convert.engine import EngineSettings
+from trainer.data.convert.expressions import Derive
+from trainer.data.convert.tables import SideTable, Table
 from trainer.errors import DataError
-from trainer.data.writers import Column, write_shards
+from trainer.spec.types import Spec
 
 STAT_PREFIX = "stat_"
+TABLES = ("interactions", "user_features", "item_features", "user_sequences")
 # Item columns that are static properties (known when the video is uploaded).
 ITEM_STATIC = ("video_type", "upload_type", "visible_status", "server_width", "server_height",
                "music_id", "music_type")
@@ -29,115 +45,44 @@ ITEM_SKIPPED = ("video_id", "author_id", "tag", "upload_dt", "upload_date", "vid
 INTEGER_CODES = ("onehot_feat4", "onehot_feat12", "onehot_feat13", "onehot_feat14", "onehot_feat15",
                  "onehot_feat16", "onehot_feat17", "visible_status", "server_width", "server_height", "music_type")
 SEQUENCES = ("watch_seq", "like_seq", "long_watch_seq")
-LIST_COLUMNS = {"tag": ","}  # string columns holding delimited lists
+SEQUENCE_SKIPPED = ("user_id", "last_time_ms")
 
 
-@dataclass(frozen=True)
-class ConvertResult:
-    rows_per_date: dict[int, int]
-    files: list[str]
-    columns: list[str]
-
-
-def _column(name: str, arr: pa.ChunkedArray, source: str) -> Column:
-    values = arr.to_pylist()
-    t = arr.type
-    if name in LIST_COLUMNS:
-        sep = LIST_COLUMNS[name]
-        return Column(name, "str_list", [None if v is None else v.split(sep) for v in values])
-    if pa.types.is_list(t):
-        return Column(name, "int_list", values)
-    if pa.types.is_integer(t):
-        return Column(name, "int", values)
-    if pa.types.is_floating(t):
-        if name in INTEGER_CODES:
-            bad = [v for v in values if v is not None and not float(v).is_integer()]
-            if bad:
-                raise DataError(f"{source}: column '{name}' should hold integer codes, found {bad[0]!r}")
-            return Column(name, "int", [None if v is None else int(v) for v in values])
-        return Column(name, "float", [None if v is None or np.isnan(v) else float(v) for v in values])
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return Column(name, "str", values)
-    raise DataError(f"{source}: column '{name}' has unsupported type {t}")
-
-
-def _read(src_dir: str, name: str, required: tuple[str, ...]) -> pa.Table:
+def table_path(src_dir: str, name: str) -> str:
+    """The path of the bundled KuaiRand table `name`; a DataError if it is missing."""
     path = os.path.join(src_dir, f"{name}.parquet")
     if not os.path.isfile(path):
         raise DataError(f"KuaiRand table not found: {path}")
-    table = pq.read_table(path)
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    return table
+    return path
 
 
-def _lookup(keys: pa.ChunkedArray, table: pa.Table, key: str) -> pa.Array:
-    """Row index in `table` for each key (-1 where absent), vectorised."""
-    ids = table.column(key).to_numpy()
-    order = np.argsort(ids, kind="stable")
-    wanted = keys.to_numpy()
-    pos = np.searchsorted(ids[order], wanted)
-    pos = np.clip(pos, 0, len(ids) - 1)
-    found = ids[order][pos] == wanted
-    return np.where(found, order[pos], -1)
-
-
-def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
-    """Rows of `table` by index, with nulls where the index is -1."""
-    mask = pa.array(rows < 0)
-    idx = pa.array(np.where(rows < 0, 0, rows)).cast(pa.int64())
-    taken = table.take(idx)
-    cols = [pa.compute.if_else(mask, pa.scalar(None, c.type), c) for c in taken.columns]
-    return pa.table(cols, names=taken.column_names)
-
-
-def join_kuairand(src_dir: str) -> tuple[pa.Table, dict[str, str]]:
-    """The joined table (one row per interaction) and each column's source file."""
-    inter = _read(src_dir, "interactions", ("user_id", "video_id", "date"))
-    users = _read(src_dir, "user_features", ("user_id",))
-    items = _read(src_dir, "item_features", ("video_id",))
-    seqs = _read(src_dir, "user_sequences", ("user_id",) + SEQUENCES)
-    sources = {c: "interactions.parquet" for c in inter.column_names}
-    out = {c: inter.column(c) for c in inter.column_names}
-
-    user_rows = _take(users.drop_columns(["user_id"]), _lookup(inter.column("user_id"), users, "user_id"))
-    for c in user_rows.column_names:
-        out[c], sources[c] = user_rows.column(c), "user_features.parquet"
-    item_cols = [c for c in items.column_names if c not in ITEM_SKIPPED]
-    item_rows = _take(items.select(item_cols), _lookup(inter.column("video_id"), items, "video_id"))
-    for c in item_cols:
-        name = c if c in ITEM_STATIC else STAT_PREFIX + c
-        if name in out:
-            raise DataError(f"item_features.parquet: column '{c}' collides with '{name}' from {sources[name]}")
-        out[name], sources[name] = item_rows.column(c), "item_features.parquet"
-    seq_cols = [c for c in seqs.column_names if c != "user_id" and c != "last_time_ms"]
-    seq_rows = _take(seqs.select(seq_cols), _lookup(inter.column("user_id"), seqs, "user_id"))
-    for c in seq_cols:
-        col = seq_rows.column(c)
-        if c in SEQUENCES:  # users without history get empty sequences, not missing ones
-            col = pa.chunked_array([pa.compute.if_else(pa.compute.is_null(chunk), pa.scalar([], chunk.type), chunk)
-                                    for chunk in col.chunks], col.type)
-        elif c == "history_len":
-            col = pa.compute.fill_null(col, 0)
-        out[c], sources[c] = col, "user_sequences.parquet"
-    return pa.table(out), sources
+def kuairand_tables(src_dir: str) -> tuple[Table, list[SideTable], list[Derive], list[str]]:
+    """(impressions, side tables, derives, every column to keep, in order) of the KuaiRand conversion."""
+    paths = {name: table_path(src_dir, name) for name in TABLES}
+    names = {name: pq.read_schema(path).names for name, path in paths.items()}
+    stats = [c for c in names["item_features"] if c not in ITEM_STATIC and c not in ITEM_SKIPPED]
+    sequences = [c for c in names["user_sequences"] if c not in SEQUENCE_SKIPPED]
+    joins = [SideTable((paths["user_features"],), "user_id"),
+             SideTable((paths["item_features"],), "video_id", "", ITEM_STATIC),
+             SideTable((paths["item_features"],), "video_id", STAT_PREFIX, tuple(stats)),
+             SideTable((paths["user_sequences"],), "user_id", "", tuple(sequences))]
+    derives = [Derive("tag", "split(tag, ',')")]
+    derives += [Derive(c, f"int({c})") for c in INTEGER_CODES]
+    derives += [Derive(c, f"coalesce({c}, [])") for c in SEQUENCES]
+    derives += [Derive("history_len", "coalesce(history_len, 0)")]
+    keep = (names["interactions"] + [c for c in names["user_features"] if c != "user_id"] + list(ITEM_STATIC)
+            + [STAT_PREFIX + c for c in stats] + sequences)
+    return Table((paths["interactions"],)), joins, derives, keep
 
 
 def convert_kuairand(src_dir: str, out_dir: str, fmt: str = "tfrecord", shards_per_date: int = 2,
-                     compression: str = "GZIP", max_rows: int | None = None, last: bool = False) -> ConvertResult:
-    """Convert KuaiRand parquet files under `src_dir` to shards under `out_dir/date=*/`; with `max_rows`, only
-    the first (or with `last`, the last) that many impressions (the log is in date order)."""
-    table, sources = join_kuairand(src_dir)
-    if max_rows is not None:
-        table = table.slice(max(table.num_rows - max_rows, 0), max_rows) if last else table.slice(0, max_rows)
-    columns = [_column(c, table.column(c), sources[c]) for c in table.column_names]
-    dates = table.column("date").to_numpy()
-    files: list[str] = []
-    rows_per_date: dict[int, int] = {}
-    for date in sorted(set(dates.tolist())):
-        rows = np.nonzero(dates == date)[0].tolist()
-        rows_per_date[date] = len(rows)
-        files += write_shards(os.path.join(out_dir, f"date={date}"), columns, rows, shards_per_date,
-                              fmt=fmt, compression=compression)
-    return ConvertResult(rows_per_date, files, [c.name for c in columns])
+                     compression: str = "GZIP", max_rows: int | None = None, last: bool = False,
+                     spec: Spec | None = None, engine: EngineSettings = EngineSettings(),
+                     log=lambda _: None) -> ConvertResult:
+    """Convert the KuaiRand tables under `src_dir` into `out_dir/date=YYYYMMDD/part-XXXXX.*` (`shards_per_date`
+    files a date), checked against `spec` if given; with `max_rows`, only the first (or with `last`, the last)
+    that many impressions (the log is in date order). `out_dir` must not exist, or be empty."""
+    table, joins, derives, keep = kuairand_tables(src_dir)
+    return convert(spec, table, out_dir, partition_by="date", joins=joins, derives=derives, keep=keep, fmt=fmt,
+                   compression=compression, files_per_partition=shards_per_date, max_rows=max_rows,
+                   from_end=last, engine=engine, log=log)
