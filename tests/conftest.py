@@ -27,6 +27,18 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
                          "model.id_dropout_tables={video: 0.1}"]
 
 
+# Fixtures that start servers: the tests using them run in one pytest-xdist worker, so that the session has one
+# Redis and one service (scripts/test.sh runs the suite in two workers, `--dist loadgroup`).
+SERVER_FIXTURES = {"redis_server", "service_small"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("servers"))
+
+
 def spec_text(name: str) -> str:
     """The text of tests/specs/<name>.yaml (tests write edited copies of it to see how errors are reported)."""
     with open(os.path.join(SPECS, f"{name}.yaml"), encoding="utf-8") as fh:
