@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
 from serving.item_store.redis_store import StoreUnavailable
+from serving.item_store.values import first_duplicate
 from serving.service.metrics import STAGES, Metrics
 from serving.service.model import ServedModel
 from serving.service.schema import (STRATEGIES, ErrorResponse, ScoreResponse, Strategy, Threshold, Tiers, TopK,
@@ -102,13 +103,10 @@ class Scorer:
             raise Refused(422, "invalid_request", "; ".join(f"{f['field']}: {f['problem']}" for f in fields[:5]),
                           fields) from None
         ids = request.candidates
-        if len(set(ids)) != len(ids):
-            seen, repeated = set(), None
-            for i in ids:
-                if i in seen:
-                    repeated = i
-                    break
-                seen.add(i)
+        keys = model.vectors.as_ids(ids)
+        ordered = np.sort(keys)
+        if (ordered[1:] == ordered[:-1]).any():
+            repeated = first_duplicate(keys)
             raise Refused(422, "invalid_request", f"candidates: id {repeated!r} appears more than once",
                           [{"field": "candidates", "problem": f"id {repeated!r} repeated"}])
         strategy = request.strategy or self.default_strategy
@@ -120,20 +118,24 @@ class Scorer:
                           [{"field": "strategy.attribute", "problem": "unknown attribute"}])
         t.append(time.perf_counter())
         try:
-            u = model.user_vector(request.user.model_dump())
+            u = model.user_vector(vars(request.user))  # the validated fields, no copy
         except DataError as e:
             raise Refused(400, "bad_value", f"user: {e}", [{"field": "user", "problem": str(e)}]) from None
         t.append(time.perf_counter())
         try:
-            vectors, attributes, found = await model.vectors.lookup(ids)
+            vectors, attributes, found = await model.vectors.lookup(keys)
         except StoreUnavailable as e:
             raise Refused(503, "store_unavailable", str(e)) from None
         t.append(time.perf_counter())
         if not found.all() and request.item_features:
             self._embed_missing(model, request, ids, vectors, found)
         t.append(time.perf_counter())
-        rows = np.flatnonzero(found)
-        logits = vectors[rows] @ u + np.float32(model.bias)
+        if found.all():
+            rows = np.arange(len(ids))
+            logits = vectors @ u + np.float32(model.bias)
+        else:
+            rows = np.flatnonzero(found)
+            logits = vectors[rows] @ u + np.float32(model.bias)
         scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         t.append(time.perf_counter())
         if isinstance(strategy, TopK):
