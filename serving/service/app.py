@@ -5,7 +5,7 @@ negative id, say), 413 for a body over the cap, 422 for a request that breaks th
 mistyped feature, an empty or oversized candidate list, an unknown strategy, K <= 0: the field named),
 503 while no version is ready or when the item store is unreachable (it recovers by itself). Every answer
 but 200 is {"error": "...", "fields": [...]}. Each 200 carries a Server-Timing header with the time of each
-stage (parse, user, fetch, embed, score, strategy, serialize; ms), also in /metrics.
+stage (read (the body), parse, user, fetch, embed, score, strategy, serialize; ms), also in /metrics.
 """
 import asyncio
 import json
@@ -25,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from serving.item_store.redis_store import StoreUnavailable
 from serving.item_store.values import first_duplicate
-from serving.service.metrics import STAGES, Metrics
+from serving.service.metrics import SCORING_STAGES, Metrics
 from serving.service.model import ServedModel
 from serving.service.schema import (STRATEGIES, ErrorResponse, ScoreResponse, Strategy, Threshold, Tiers, TopK,
                                     request_model)
@@ -154,7 +154,7 @@ class Scorer:
                     "candidates": len(ids), "scored": int(len(rows))}
         out = orjson.dumps(response)
         t.append(time.perf_counter())
-        timings = {stage: t[i + 1] - t[i] for i, stage in enumerate(STAGES)}
+        timings = {stage: t[i + 1] - t[i] for i, stage in enumerate(SCORING_STAGES)}
         cache = model.vectors.cache
         self.metrics.candidates.inc(len(rows))
         if missing:
@@ -307,7 +307,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         start = time.perf_counter()
         try:
             body = await read_body(request, config.max_body_bytes)
+            read = time.perf_counter() - start
             out, timings = await scorer.score(body)
+            timings = {"read": read, **timings}
         except Refused as e:
             return refusal(e)
         except Exception as e:  # noqa: BLE001 -- answered, counted and logged; the service keeps serving
@@ -317,7 +319,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                 status_code=500)
         metrics.latency.observe(time.perf_counter() - start)
         for stage, seconds in timings.items():
-            metrics.stage.labels(stage).observe(seconds)
+            metrics.stages[stage].observe(seconds)
         header = ", ".join(f"{s};dur={v * 1000:.3f}" for s, v in timings.items())
         return Response(out, media_type="application/json", headers={"server-timing": header})
 
