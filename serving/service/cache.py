@@ -27,7 +27,7 @@ class HotCache:
         self.capacity, self.width = capacity, width
         self.records = np.zeros((capacity, width), np.float32)
         self.last_used = np.zeros(capacity, np.int64)
-        self.index = IdIndex(id_dtype, capacity)  # id -> slot
+        self.index = IdIndex(id_dtype)  # id -> slot; grows with the items held (a compact table is a quicker one)
         self.slot_ids = np.zeros(capacity, np.int64 if id_dtype == "int64" else "<U1")  # slot -> id
         self.tick = 0
         self.hits = 0
