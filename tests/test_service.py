@@ -182,6 +182,8 @@ def test_missing_candidates_are_reported_or_embedded_from_their_features(service
     ("negative id", 400, "column user_id holds id -5"),
     ("unknown attribute", 422, "strategy.attribute: 'popularity'"),
     ("repeated candidate", 422, "candidates: id"),
+    ("id beyond int64", 422, "candidates.1: id 9223372036854775808 does not fit in int64"),
+    ("user id beyond int64", 422, "user.user_id: Input should be less than or equal to 9223372036854775807"),
     ("extra field", 422, "model_path"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_field_and_the_service_keeps_serving(service_small, spec, rows, catalog,
@@ -210,6 +212,10 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_service_keeps_serving(s
             bad["strategy"] = {"name": "tiers", "bands": [0.5], "attribute": "popularity"}
         elif change == "repeated candidate":
             bad["candidates"] = bad["candidates"] + bad["candidates"][:1]
+        elif change == "user id beyond int64":
+            bad["user"]["user_id"] = 2**63
+        elif change == "id beyond int64":
+            bad["candidates"] = bad["candidates"][:1] + [2**63] + bad["candidates"][2:]
         elif change == "extra field":
             bad["model_path"] = "/etc/passwd"
         answer = post(service, bad)

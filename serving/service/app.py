@@ -103,7 +103,12 @@ class Scorer:
             raise Refused(422, "invalid_request", "; ".join(f"{f['field']}: {f['problem']}" for f in fields[:5]),
                           fields) from None
         ids = request.candidates
-        keys = model.vectors.as_ids(ids)
+        try:
+            keys = model.vectors.as_ids(ids)
+        except OverflowError:
+            at = next(i for i, v in enumerate(ids) if not -(2**63) <= v < 2**63)
+            raise Refused(422, "invalid_request", f"candidates.{at}: id {ids[at]} does not fit in int64",
+                          [{"field": f"candidates.{at}", "problem": "does not fit in int64"}]) from None
         ordered = np.sort(keys)
         if (ordered[1:] == ordered[:-1]).any():
             repeated = first_duplicate(keys)
