@@ -10,6 +10,9 @@ joint / teacher against the targets, and each job's peak RSS.
 Profile (`--parts profile`, logic in benchmarks/step_profile.py): a tf.profiler trace of KuaiRand steps (the joint
 model with the shipped config; the teacher without target attention), kernel time by part of the model and op type.
 
+Dense (`--parts dense`, logic in benchmarks/dense_bench.py): the teacher's MMoE alone, as built, with its experts'
+first layers and gates in one matmul, and each compiled with XLA.
+
 Synthetic (`--parts synthetic`): on synthetic data for a spec with million-row tables (generated once into a temp dir), measures in one run:
 1. step time with the spec's tables over step time with the same spec cut to --small-rows rows per table
    (legacy FTRL updates only the rows of the batch), and with the new Keras FTRL on the big tables;
@@ -35,6 +38,7 @@ import time
 import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 import tensorflow as tf
 
+from benchmarks import dense_bench
 from benchmarks import kuairand_bench as kb
 from benchmarks import step_profile
 from benchmarks import train_bench as tb
@@ -227,6 +231,20 @@ def _profile_phase(args, scratch: str) -> None:
         print(step_profile.report(profile), flush=True)
 
 
+def _dense_phase(args) -> None:
+    """The teacher's MMoE alone on the KuaiRand spec's field widths: as built, one matmul, each with XLA."""
+    spec = load_spec(os.path.join(ROOT, KUAIRAND_SPEC))
+    widths = {f.name: f.embedding.dim if f.embedding is not None else (f.dim or 1) for f in spec.features}
+    tasks = [label.name for label in spec.labels]
+    for batch in (256, 512):
+        print(f"\n== the teacher's MMoE alone (forward + gradients), {sum(widths.values())} input columns, batch {batch}, "
+              f"{args.dense_rounds} interleaved rounds; load {os.getloadavg()[0]:.1f}", flush=True)
+        results = dense_bench.dense_variants(widths, tasks, batch, args.dense_rounds)
+        base = results["MMoE as built"][0]
+        for name, (median, fastest) in results.items():
+            print(f"  {name:<45} median {median:6.1f} ms  fastest {fastest:6.1f} ms  ({median / base:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=os.path.join(ROOT, "feature_specs", "synthetic_large.yaml"))
@@ -246,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-repeats", type=int, default=3, help="round-robin end-to-end repeats")
     parser.add_argument("--verbose", action="store_true", help="print every round as it finishes")
     parser.add_argument("--parts", default="kuairand,synthetic",
-                        help="kuairand, synthetic, profile (comma-separated)")
+                        help="kuairand, synthetic, profile, dense (comma-separated)")
     parser.add_argument("--profile-steps", type=int, default=10, help="steps traced by --parts profile")
+    parser.add_argument("--dense-rounds", type=int, default=40, help="interleaved rounds of --parts dense")
     parser.add_argument("--baseline", default=BASELINE,
                         help="the commit the KuaiRand 'before' runs use (default: %(default)s; '' for none)")
     parser.add_argument("--kuairand-data", default=KUAIRAND_DATA, help="the KuaiRand training files (one epoch)")
@@ -256,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="first model.fit steps left out of the baseline's rate (prerank's: its first log window)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
-    if parts - {"kuairand", "synthetic", "profile"}:
-        parser.error(f"unknown parts {sorted(parts - {'kuairand', 'synthetic', 'profile'})}")
+    known = {"kuairand", "synthetic", "profile", "dense"}
+    if parts - known:
+        parser.error(f"unknown parts {sorted(parts - known)}")
     started = time.perf_counter()
     needed = max(args.batches, args.warmup, args.e2e_warmup + args.e2e_steps) * args.batch_size
     if args.rows < needed:
@@ -277,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             _kuairand_phase(args, scratch)
         if "profile" in parts:
             _profile_phase(args, scratch)
+        if "dense" in parts:
+            _dense_phase(args)
         if "synthetic" not in parts:
             return 0
         data = _data(args, spec, scratch)
