@@ -72,9 +72,10 @@ class DualAugmentedConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    user_tower: list[int] = knob([512, 128, 64, 32], "user tower layer sizes; the last is the vector size",
+    user_tower: list[int] = knob([128, 64, 32], "user tower layer sizes; the last is the vector size (the default "
+                                                "was chosen on the KuaiRand tuning split: README, Training benchmark)",
                                  minimum=1, maximum=MAX_LAYER_SIZE)
-    item_tower: list[int] = knob([512, 128, 64, 32], "item tower layer sizes; the last must equal the user's",
+    item_tower: list[int] = knob([128, 64, 32], "item tower layer sizes; the last must equal the user's",
                                  minimum=1, maximum=MAX_LAYER_SIZE)
     towers: list[Component] = knob([Component("mlp")], "parallel towers per side, fused with learned weights "
                                    "(built-in: mlp, dcn, fm; or a registered tower)", registry=TOWERS)
