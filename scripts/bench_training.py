@@ -3,7 +3,8 @@ our loop vs model.fit, input vs training.
 
 KuaiRand (`--parts kuairand`, logic in benchmarks/kuairand_bench.py): examples/s of one epoch of 04-25..29 from the
 GZIP TFRecords, each run in a fresh process, this checkout and the --baseline commit alternating: prerank's teacher
-without target attention and the joint model with the shipped config, at the spec's batch size and at 512, and a
+without target attention, the teacher with the rest of the shipped config and the joint model with the shipped
+config (each version's own KuaiRand spec), at the spec's batch size and at 512, and a
 plain tf.keras MMoE (`model.fit`, Adam, the same rows as numpy arrays, batch 512); ratios to the baseline MMoE and
 joint / teacher against the targets, and each job's peak RSS.
 
@@ -24,7 +25,7 @@ Step times are medians of single steps on in-memory batches, the variants interl
 warm-up (ratios of the fastest steps too: noise from other processes only adds time).
 
 Examples:
-    .venv/bin/python scripts/bench_training.py
+    .venv/bin/python scripts/bench_training.py     # every part, KuaiRand 2 repeats: about 30 minutes on 2 cores
     .venv/bin/python scripts/bench_training.py --parts kuairand --repeats 3 --baseline HEAD~3
     .venv/bin/python scripts/bench_training.py --rows 100000 --rounds 7 --e2e-repeats 3
 """
@@ -257,13 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of step timing over the batches")
     parser.add_argument("--contrast-steps", type=int, default=3,
                         help="steps per round with the (slow) new Keras FTRL")
-    parser.add_argument("--tower-variants", nargs="*", type=_towers, default=[[32], [128, 64, 32]],
+    parser.add_argument("--tower-variants", nargs="*", type=_towers, default=[[32], [512, 128, 64, 32]],
                         metavar="SIZES", help="joint variants with these student towers, e.g. 32 128,64,32")
     parser.add_argument("--e2e-warmup", type=int, default=5, help="untimed batches before end-to-end timing")
     parser.add_argument("--e2e-steps", type=int, default=20, help="timed batches per end-to-end run")
     parser.add_argument("--e2e-repeats", type=int, default=3, help="round-robin end-to-end repeats")
     parser.add_argument("--verbose", action="store_true", help="print every round as it finishes")
-    parser.add_argument("--parts", default="kuairand,synthetic",
+    parser.add_argument("--parts", default="kuairand,profile,dense,synthetic",
                         help="kuairand, synthetic, profile, dense (comma-separated)")
     parser.add_argument("--profile-steps", type=int, default=10, help="steps traced by --parts profile")
     parser.add_argument("--dense-rounds", type=int, default=40, help="interleaved rounds of --parts dense")
