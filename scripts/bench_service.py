@@ -21,6 +21,7 @@ from benchmarks.local_servers import RedisServer, ServiceProcess
 from benchmarks.service_bench import (drive, latency_row, load_table, make_requests, popularity, stage_table,
                                       time_calls, write_json)
 from serving.item_store.embed import embed_items
+from serving.item_store.id_index import IdIndex
 from serving.item_store.reader import ItemVectorStore
 from serving.savedmodel.layout import manifest_fingerprint, resolve_version_dir
 from serving.savedmodel.requests import check_inputs
@@ -85,14 +86,14 @@ def main() -> None:
 
     # ---- in this process: the floor and the signatures ----
     vectors = np.array(store.vectors, dtype=np.float32)  # in memory
-    row_of = {int(i): r for r, i in enumerate(catalog_ids.tolist())}
+    index = IdIndex.of(catalog_ids, store.manifest["id_dtype"])  # the service's cache index, holding the catalog
     in_process = []
     for n in sizes:
         reqs = requests[n]
 
         def floor(user: dict, ids: list) -> np.ndarray:
-            rows = np.fromiter(map(row_of.__getitem__, ids), np.int64, count=len(ids))
-            return top_k(vectors[rows] @ served.user_vector(user) + served.bias, args.k)
+            rows = index.find(index.as_keys(ids))
+            return top_k(vectors.take(rows, axis=0) @ served.user_vector(user) + served.bias, args.k)
         calls = [lambda u=u, r=r: floor(u, r) for u, r in zip(reqs.users, (catalog_ids[r].tolist() for r in reqs.rows))]
         in_process.append(latency_row(f"floor ({served.user_path} user vector + id lookup, gather, matmul, top-K)",
                                       n, time_calls(calls, args.floor_seconds)))

@@ -2,10 +2,11 @@
 # The main job end to end on the bundled KuaiRand data, from a fresh clone:
 # install, convert, validate the spec, train the joint student/teacher model,
 # evaluate it on the held-out day (04-30), plot the run, then export: a pruned,
-# verified, versioned SavedModel for TF Serving, the ONNX towers, and the item
-# vectors of the catalog (the item table as of 04-30, with a click-through prior)
-# in the file store the scoring service reads; finally start `prerank serve` on
-# them, send it the README's example request, and stop it.
+# verified, versioned SavedModel for TF Serving, evaluated again on 04-30 through
+# its own signatures, the ONNX towers, and the item vectors of the catalog (the
+# item table as of 04-30, with a click-through prior) in the file store the
+# scoring service reads; finally start `prerank serve` on them, send it the
+# README's example request, and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -26,6 +27,8 @@ EXPORT_BASE=${EXPORT_BASE:-exports/kuairand}
 prerank export "$SPEC" --model-dir "$MODEL_DIR" --export-base "$EXPORT_BASE"   # a new version each run
 VERSION=$(ls "$EXPORT_BASE" | grep -E '^[0-9]+$' | sort -n | tail -1)
 prerank verify-export "$EXPORT_BASE/$VERSION"
+# the results as served: the export's own signatures on 04-30 -> $EXPORT_BASE/$VERSION.evaluation.json
+prerank evaluate --export "$EXPORT_BASE/$VERSION" --sampled 0,10,50
 prerank onnx "$SPEC" --model-dir "$MODEL_DIR" --out "${EXPORT_BASE}-onnx/$VERSION"
 ITEMS=out/kuairand/items-20220430.csv
 prerank kuairand-items --src data/kuairand --out "$ITEMS" --date 20220430

@@ -3,9 +3,10 @@ verification), its TF Serving configs, the ONNX towers, and the item vector stor
 
     import serving
     result = serving.export(spec, "runs/kuairand", "exports/kuairand")   # -> BASE/<version>
+    metrics = serving.evaluate_export(result.path, sampled=(0, 10))     # -> BASE/<version>.evaluation.json
 
-Importing this package selects legacy Keras (through `trainer`) and nothing else; `serving.export` loads its
-module on first use.
+Importing this package selects legacy Keras (through `trainer`) and nothing else; `serving.export` (and the
+other names) load their modules on first use.
 """
 import importlib
 
@@ -13,7 +14,8 @@ import trainer  # noqa: F401  (selects legacy Keras before TensorFlow is importe
 
 _API = {"export": ("serving.savedmodel.export", "export_model"),
         "ExportResult": ("serving.savedmodel.export", "ExportResult"),
-        "verify_export": ("serving.savedmodel.verify", "verify_export")}
+        "verify_export": ("serving.savedmodel.verify", "verify_export"),
+        "evaluate_export": ("serving.savedmodel.evaluation", "evaluate_export")}
 __all__ = sorted(_API)
 
 

@@ -27,6 +27,18 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
                          "model.id_dropout_tables={video: 0.1}"]
 
 
+# Fixtures that start servers: the tests using them run in one pytest-xdist worker, so that the session has one
+# Redis and one service (scripts/test.sh runs the suite in two workers, `--dist loadgroup`).
+SERVER_FIXTURES = {"redis_server", "service_small"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("servers"))
+
+
 def spec_text(name: str) -> str:
     """The text of tests/specs/<name>.yaml (tests write edited copies of it to see how errors are reported)."""
     with open(os.path.join(SPECS, f"{name}.yaml"), encoding="utf-8") as fh:
@@ -114,16 +126,20 @@ def redis_server(tmp_path_factory):
 def service_small(exported_small, onnx_small, item_table, redis_server, tmp_path_factory):
     """`prerank serve` on an export base holding `exported_small` as version 1, its item vectors (the item
     table, with ctr_prior) in the session's Redis, the ONNX user tower, a hot cache of 4,000 items; polling
-    the base every 0.5 s. Yields (ServiceProcess, export base)."""
+    the base every 0.5 s. Yields (ServiceProcess, export base). The service starts while the vectors are
+    written (it waits for them, as it would in production)."""
     result, _ = exported_small
     base = tmp_path_factory.mktemp("served")
     os.symlink(result.path, base / "1")  # a base of its own: tests add versions to it
-    embed_items(result.path, redis_server.url, item_table=item_table, attributes=("ctr_prior",),
-                reference_time="2022-04-30", progress=False)
     onnx_base = os.path.dirname(onnx_small.path)
     service = ServiceProcess(str(base), redis_server.url, str(tmp_path_factory.mktemp("logs") / "service.log"),
                              extra=("--onnx", onnx_base, "--poll-seconds", "0.5", "--cache-items", "4000",
                                     "--max-candidates", "6000", "--max-body-bytes", "400000"))
-    service.start()
-    yield service, str(base)
-    service.stop()
+    service.launch()
+    try:
+        embed_items(result.path, redis_server.url, item_table=item_table, attributes=("ctr_prior",),
+                    reference_time="2022-04-30", progress=False)
+        service.wait_ready()
+        yield service, str(base)
+    finally:
+        service.stop()

@@ -175,6 +175,27 @@ def test_mmoe_once_built_computes_first_layers_and_gates_in_one_matmul_with_the_
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_mmoe_first_layer_by_parts_adds_up_to_its_outputs():
+    encoded = {"user": _normal([6, 3], 1), "item": _normal([6, 4], 2), "pair": _normal([6, 2], 3)}
+    mmoe = MMoE(["user", "item", "pair"], ["click", "like"], experts=3, expert_layers=[8, 5], task_tower=[4])
+    out = mmoe(encoded)
+    assert mmoe.first_layer_width == 3 * 8 + 2 * 3  # every expert's first layer, then every gate
+    parts = [mmoe.first_layer_part({"user": encoded["user"]}), mmoe.first_layer_part({"item": encoded["item"]}),
+             mmoe.first_layer_part({"pair": encoded["pair"]})]
+    assert all(p.shape == (6, mmoe.first_layer_width) for p in parts)
+    by_parts = mmoe.outputs_from_first_layer(tf.add_n(parts))
+    for task in ("click", "like"):
+        np.testing.assert_allclose(by_parts[task], out[task], rtol=1e-5, atol=1e-6)
+    # the parts of any partition: a user's term for one row, broadcast over two items
+    one_user = mmoe.first_layer_part({"user": encoded["user"][:1]}) + mmoe.first_layer_part(
+        {"item": encoded["item"][:2], "pair": encoded["pair"][:2]})
+    repeated = {k: tf.concat([v[:1], v[:1]], 0) if k == "user" else v[:2] for k, v in encoded.items()}
+    np.testing.assert_allclose(mmoe.outputs_from_first_layer(one_user)["click"], mmoe(repeated)["click"],
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not fields of this MMoE"):
+        mmoe.first_layer_part({"other": encoded["user"]})
+
+
 def test_pooling_ragged_and_dense_with_mask_agree_and_empty_sequences_pool_to_zeros():
     rows = [[[1.0, -2.0], [3.0, -4.0], [-5.0, 0.5]], [], [[-1.0, -1.0]]]
     ragged = tf.ragged.constant(rows, ragged_rank=1, dtype=tf.float32)

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from trainer.evaluation.metrics import Consistency, auc, consistency, gauc, logloss, pairwise_agreement, recall_at_k
+from trainer.evaluation.metrics import (Consistency, _joint_key, auc, consistency, gauc, logloss, pairwise_agreement,
+                                        recall_at_k)
 
 
 def brute_auc(labels, scores, weights=None):
@@ -196,3 +197,11 @@ def test_an_evaluation_result_is_strict_json_with_undefined_metrics_explained():
     table = metrics_table(result)
     assert "auc n/a  logloss 0.5000" in table
     assert "n/a consistency/by_k/sampled0/recall@10_in_30: no group larger than 30 candidates" in table
+
+
+def test_joint_key_sorts_as_a_lexicographic_sort_of_its_codes_even_past_int64_products():
+    rng = np.random.default_rng(0)
+    small = [rng.integers(0, 4, 500) for _ in range(3)]  # many equal tuples: the stable order must match too
+    wide = [rng.integers(0, 3_000_000, 20_000) for _ in range(3)]  # 3e6 ** 3 > 2**62: re-coded on the way
+    for codes in (small, wide):
+        np.testing.assert_array_equal(np.argsort(_joint_key(*codes), kind="stable"), np.lexsort(codes[::-1]))

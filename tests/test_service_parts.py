@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from serving.item_store.id_index import IdIndex
 from serving.item_store.reader import ItemVectorStore, remove_old_versions
 from serving.item_store.writer import StoreWriter
 from serving.service.app import parse_strategy
@@ -28,7 +29,7 @@ def test_the_cache_evicts_the_least_recently_used_items():
     assert cache.get([3])[1].tolist() == [False] and cache.get([1, 2, 4])[1].all()
     cache.get([4]), cache.get([1])
     cache.put([5, 6], np.array([[1, 1], [2, 2]], np.float32))  # 2 then 4 are the oldest
-    assert sorted(cache.index) == [1, 5, 6]
+    assert sorted(cache.ids().tolist()) == [1, 5, 6]
     assert cache.get([6])[0].tolist() == [[2, 2]]
     assert cache.hits == 8 and cache.misses == 2 and cache.hit_rate == 0.8
     off = HotCache(0, 2)
@@ -39,7 +40,55 @@ def test_the_cache_evicts_the_least_recently_used_items():
 def test_more_new_items_than_the_cache_holds_keep_the_last_ones():
     cache = HotCache(2, 1)
     cache.put([1, 2, 3, 4], np.arange(4, dtype=np.float32)[:, None])
-    assert sorted(cache.index) == [3, 4] and cache.get([3, 4])[0].ravel().tolist() == [2, 3]
+    assert sorted(cache.ids().tolist()) == [3, 4] and cache.get([3, 4])[0].ravel().tolist() == [2, 3]
+
+
+def test_the_id_index_finds_what_a_dict_finds_through_inserts_removals_and_growth():
+    rng = np.random.default_rng(0)
+    index, reference = IdIndex("int64"), {}
+    for step in range(40):  # grows from 16 positions, removes (tombstones), reuses and rebuilds
+        new = np.setdiff1d(rng.integers(-2**62, 2**62, 300), list(reference))
+        index.insert(new, np.arange(step * 1000, step * 1000 + len(new)))
+        reference.update(zip(new.tolist(), range(step * 1000, step * 1000 + len(new))))
+        gone = rng.choice(list(reference), size=len(reference) // 3, replace=False)
+        index.remove(np.concatenate([gone, [7]]))  # 7 was never in: ignored
+        for g in gone.tolist():
+            del reference[g]
+        query = np.concatenate([rng.choice(list(reference), 500), gone[:50], rng.integers(0, 2**40, 50)])
+        assert index.find(query).tolist() == [reference.get(q, -1) for q in query.tolist()]
+        assert len(index) == len(reference) and 2 * (index.count + index.tombstones) <= index.size
+    ids, values = index.items()
+    assert dict(zip(ids.tolist(), values.tolist())) == reference
+    words = np.array(["v-1", "é", "v-10", "a\u0101b", "", "v-01"])  # mixed widths, non-ASCII, the empty id
+    strings = IdIndex.of(words, "string")
+    strings.insert(["a-much-longer-id-than-the-others"], [6])
+    assert strings.find(["v-10", "é", "a-much-longer-id-than-the-others", "v-1 ", "v", "", "a\u0101"]).tolist() == \
+        [2, 1, 6, -1, -1, 4, -1]
+    assert IdIndex("int64").find([1, 2]).tolist() == [-1, -1] and IdIndex.of(words, "string").find([]).size == 0
+
+
+def test_the_cache_holds_what_was_put_and_stays_bounded():
+    rng = np.random.default_rng(1)
+    cache, put = HotCache(500, 3), {}
+    for _ in range(60):
+        ids = rng.choice(2000, size=rng.integers(1, 800), replace=False)
+        records, found = cache.get(ids)
+        assert found.sum() <= len(cache) <= 500
+        for i, r, f in zip(ids.tolist(), records, found):
+            if f:
+                assert r.tolist() == put[i]
+        fresh = ids[~found]
+        values = rng.random((len(fresh), 3)).astype(np.float32)
+        cache.put(fresh, values)
+        put.update(zip(fresh.tolist(), values.tolist()))
+        assert cache.get(fresh[-500:])[1].all()  # the newest ones stay (even when more than the cache holds)
+    assert len(set(cache.ids().tolist())) == len(cache) == 500
+    named = HotCache(2, 1, "string")
+    named.put(["a", "bb", "a"], np.array([[1], [2], [3]], np.float32))  # an id given twice: its last record
+    assert named.get(["a", "ccc", "bb"])[0].ravel().tolist() == [3, 0, 2]
+    named.put(["a-longer-id"], np.array([[4]], np.float32))  # evicts "a" or "bb": both last used by one request
+    assert sorted(named.ids().tolist()) in (["a", "a-longer-id"], ["a-longer-id", "bb"])
+    assert named.get(["a-longer-id"])[0].tolist() == [[4]]
 
 
 def test_top_k_and_threshold():
@@ -86,7 +135,7 @@ def test_file_store_vectors_behind_the_cache(tmp_path):
     assert source.attribute_names == ["prior"] and source.reference_time == "2022-04-30"
     cached = CachedVectors(source, capacity=2)
     for _ in range(2):  # from the store, then (2 of them) from the cache
-        got, attributes, found = asyncio.run(cached.lookup([7, 99, 3]))
+        got, attributes, found = asyncio.run(cached.lookup(cached.as_ids([7, 99, 3])))
         assert found.tolist() == [True, False, True]
         assert got[[0, 2]].tolist() == [[6, 7], [2, 3]] and attributes[[0, 2], 0].tolist() == [1.0, 0.25]
     assert cached.cache.hits == 2 and cached.cache.misses == 4

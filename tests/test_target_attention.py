@@ -78,3 +78,16 @@ def test_flat_pooling_equals_the_padded_form_with_its_gradients():
     np.testing.assert_allclose(flat, padded, rtol=1e-5, atol=1e-6)
     for a, b in zip(flat_grads, padded_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_one_history_against_many_candidates_pools_as_each_pair_would():
+    attention = TargetAttention(hidden=8)
+    rng = np.random.default_rng(2)
+    lengths = [3, 0, 5, 1]  # an empty history among them
+    history = tf.RaggedTensor.from_row_lengths(tf.constant(rng.normal(size=(9, 4)), tf.float32), lengths)
+    targets = tf.constant(rng.normal(size=(4, 6, 4)) * 2, tf.float32)  # 6 candidates per history
+    pairs = attention(tf.gather(history, np.repeat(np.arange(4), 6)), tf.reshape(targets, [-1, 4])).numpy()
+    keys = history.to_tensor(shape=[None, 7, 4])  # padded beyond the longest history: padding is ignored
+    together = attention.call_candidates(keys, history.row_lengths(), targets).numpy()
+    np.testing.assert_allclose(together.reshape(-1, 4), pairs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(together[1], np.zeros((6, 4)))

@@ -32,7 +32,7 @@ import tensorflow as tf
 from trainer.config.knobs import Config
 from trainer.config.loader import load_config, validate_config
 from trainer.data import corrupt
-from trainer.data.catalog import build_catalog
+from trainer.data.catalog import ItemCatalog, build_catalog
 from trainer.data.pipeline import resolve_files
 from trainer.data.splits import IN_SAMPLE_KEY, in_sample_note, resolve_data, shared_files
 from trainer.evaluation.evaluate import evaluate_model, flatten
@@ -277,8 +277,9 @@ def noop_resume(model_dir: str, step: int, this_call: dict) -> dict:
 
 def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = None, sampled: tuple[int, ...] = (0,),
              items: str | list[str] | None = None, batch_size: int = 2048, max_batches: int | None = None,
-             seed: int = 0, skip_corrupt: bool = False, log: Log = print) -> dict:
-    """Evaluate the latest checkpoint of `model_dir` and write MODEL_DIR/evaluation.json; the result.
+             seed: int = 0, skip_corrupt: bool = False, out: str | None = None, log: Log = print) -> dict:
+    """Evaluate the latest checkpoint of `model_dir` and write the result (JSON) to `out` (default:
+    MODEL_DIR/evaluation.json); the result. `serving.evaluate_export` evaluates an export the same way.
 
     Args:
       spec: a Spec, or the path of a spec file.
@@ -291,6 +292,7 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
       seed: seed of the sampled items.
       skip_corrupt: skip and count corrupt records instead of failing (logged per file, and recorded in the
         result's "skipped": {"evaluation": [...], "catalog": [...]}).
+      out: where the result goes.
       log: where progress lines go.
     """
     spec = as_spec(spec)
@@ -299,15 +301,25 @@ def evaluate(spec: Spec | str, model_dir: str, data: str | list[str] | None = No
     skipped: dict[str, list[dict]] = {}
     catalog = None
     if any(sampled):
-        items_from = items or spec.data.train or data
-        id_feature = config.model.student.dual_augmented.item_feature
-        catalog = build_catalog(spec, items_from, id_feature, skip_corrupt=skip_corrupt)
-        skipped["catalog"] = corrupt.report(catalog.skipped, log, "catalog: ")
-        log(f"item table: {catalog.size} items from {items_from}")
+        catalog = evaluation_catalog(spec, items, data, config.model.student.dual_augmented.item_feature,
+                                     skip_corrupt, log)
+        skipped["catalog"] = catalog.skipped
     model = load_trained(spec, model_dir, data, catalog, skip_corrupt=skip_corrupt)
     result = evaluate_model(model, data, batch_size, max_batches, tuple(sampled), seed=seed,
                             skip_corrupt=skip_corrupt)
     skipped["evaluation"] = corrupt.report(result.pop("skipped"), log, "evaluation: ")
     result = {"data": data, "checkpoint": model.checkpoint_path, **result, "skipped": skipped}
-    write_json_atomic(os.path.join(model_dir, EVALUATION_FILE), result)
+    write_json_atomic(out or os.path.join(model_dir, EVALUATION_FILE), result)
     return result
+
+
+def evaluation_catalog(spec: Spec, items: str | list[str] | None, data: str | list[str], id_feature: str | None,
+                       skip_corrupt: bool = False, log: Log = print) -> ItemCatalog:
+    """The item table an evaluation samples candidates from: built from `items` (default: the spec's
+    data.train, else the evaluation `data`), items named by `id_feature`; its size and skipped corrupt records
+    logged."""
+    items_from = items or spec.data.train or data
+    catalog = build_catalog(spec, items_from, id_feature, skip_corrupt=skip_corrupt)
+    corrupt.report(catalog.skipped, log, "catalog: ")
+    log(f"item table: {catalog.size} items from {items_from}")
+    return catalog

@@ -208,14 +208,29 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from trainer.api import evaluate
     from trainer.evaluation.summary import metrics_table
-    from trainer.training.layout import EVALUATION_FILE
     sampled = tuple(int(k) for k in args.sampled.split(",")) if args.sampled else (0,)
-    result = evaluate(args.spec, args.model_dir, args.data, sampled, args.items, args.batch_size, args.max_batches,
-                      args.seed, skip_corrupt=args.skip_corrupt)
-    print(f"{' '.join(result['data'])} ({result['rows']} rows), {result['checkpoint']}:\n{metrics_table(result)}\n"
-          f"-> {os.path.join(args.model_dir, EVALUATION_FILE)}")
+    if args.export:
+        if args.spec:
+            raise ConfigError.single("evaluate", "SPEC", "with --export the spec is the one the export's manifest "
+                                     "names (assets.extra/prerank_export.json); leave SPEC out")
+        from serving.savedmodel.evaluation import evaluate_export, evaluation_path
+        from serving.savedmodel.layout import resolve_version_dir
+        result = evaluate_export(args.export, args.data, sampled, args.items, args.batch_size, args.max_batches,
+                                 args.seed, skip_corrupt=args.skip_corrupt, out=args.out)
+        pruned = "pruned" if result["pruned"] else "unpruned"
+        source = f"export {result['export']} (version {result['version']}, {pruned})"
+        written = args.out or evaluation_path(resolve_version_dir(args.export))
+    else:
+        if not args.spec:
+            raise ConfigError.single("evaluate", "SPEC", "evaluating a checkpoint (--model-dir) needs the spec file")
+        from trainer.api import evaluate
+        from trainer.training.layout import EVALUATION_FILE
+        result = evaluate(args.spec, args.model_dir, args.data, sampled, args.items, args.batch_size,
+                          args.max_batches, args.seed, skip_corrupt=args.skip_corrupt, out=args.out)
+        source = result["checkpoint"]
+        written = args.out or os.path.join(args.model_dir, EVALUATION_FILE)
+    print(f"{' '.join(result['data'])} ({result['rows']} rows), {source}:\n{metrics_table(result)}\n-> {written}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -455,9 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="teacher / student quality and their consistency on evaluation data")
-    p.add_argument("spec")
-    p.add_argument("--model-dir", required=True)
+    p = sub.add_parser("evaluate", help="teacher / student quality and their consistency on evaluation data, of a "
+                                        "checkpoint (SPEC --model-dir DIR) or of an export (--export DIR)")
+    p.add_argument("spec", nargs="?", help="the feature spec (with --model-dir; an export's is in its manifest)")
+    evaluated = p.add_mutually_exclusive_group(required=True)
+    evaluated.add_argument("--model-dir", help="a trained model directory: its latest checkpoint")
+    evaluated.add_argument("--export", metavar="DIR", help="an export (a version directory, or a base directory: "
+                                                           "its newest version), scored by its own signatures")
     add_globs(p, "--data", "evaluation files (default: the spec's data.eval)")
     p.add_argument("--sampled", default="0,10,50",
                    help="comma-separated numbers of items sampled per group for the consistency candidate sets")
@@ -465,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--max-batches", type=int, help="evaluate on at most this many batches")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled items")
+    p.add_argument("--out", metavar="FILE", help="where the results go (default: MODEL_DIR/evaluation.json, or "
+                                                 "BASE/<version>.evaluation.json beside the export)")
     add_skip_corrupt(p)
     p.set_defaults(func=_evaluate)
 

@@ -81,8 +81,16 @@ class ServiceProcess:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self, timeout: float = 300.0) -> "ServiceProcess":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "ServiceProcess":
+        """Start the process without waiting for it (it loads its version once the vectors are in the store)."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command, stdout=log, stderr=log)
+        return self
+
+    def wait_ready(self, timeout: float = 300.0) -> "ServiceProcess":
+        """Wait until /ready answers 200; stop the process and raise if it does not in `timeout` seconds."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -6,8 +6,9 @@ candidates drawn without replacement from the item store's catalog with its popu
 chance is proportional to its impressions in the data plus one). Request bodies are built before timing.
 
 - floor: one Python process, no HTTP: the user vector computed as the service computes it (the ONNX user
-  tower fed by inputs.json's rules, or the SavedModel's user_embedding), the candidates' vectors gathered
-  from an in-memory array, one matrix product, top-K.
+  tower fed by inputs.json's rules, or the SavedModel's user_embedding), the candidates' rows found by the
+  service's id index (`IdIndex`, holding the catalog as the warm cache does), their vectors gathered from an
+  in-memory array, one matrix product, top-K.
 - signatures: the export's `prerank` (one user, N candidates' raw item features: the item tower runs N
   times) and `pairwise` (the user's features repeated N times), called in this process.
 - service: `prerank serve` in its own process on loopback, driven by an aiohttp client with a fixed
@@ -164,7 +165,7 @@ def load_table(results: list[LoadResult]) -> str:
 def stage_table(results: list[LoadResult]) -> str:
     """Where one request's time goes: the median of each stage (Server-Timing), and the rest of the client's
     p50 (HTTP, the framework, the event loop, the client itself)."""
-    stages = ["parse", "user", "fetch", "embed", "score", "strategy", "serialize"]
+    stages = ["read", "parse", "user", "fetch", "embed", "score", "strategy", "serialize"]
     rows = []
     for r in results:
         inside = sum(r.stages.get(s, 0.0) for s in stages)

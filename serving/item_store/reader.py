@@ -40,6 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from serving.item_store.id_index import IdIndex
 from serving.item_store.values import PathLike, as_ids
 from trainer.errors import DataError, ExportError
 
@@ -97,7 +98,7 @@ class ItemVectorStore:
         self.ids = ids
         self.vectors = vectors
         self.attributes = attributes if attributes is not None else np.zeros((len(ids), 0), np.float32)
-        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # (order, ids[order]), built on first lookup
+        self._index: IdIndex | None = None  # id -> row, built on first lookup
 
     @property
     def model_version(self) -> int:
@@ -182,38 +183,39 @@ class ItemVectorStore:
                               "vectors of one export are never served as another's (renamed or copied?)")
         return cls(path, manifest, ids, vectors, attributes)
 
-    def _sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._sorted is None:
-            order = np.argsort(self.ids, kind="stable")
-            self._sorted = (order, np.asarray(self.ids)[order])
-        return self._sorted
+    def index(self) -> IdIndex:
+        """id -> row of every item (a vectorised hash table, `IdIndex`), built on first use."""
+        if self._index is None:
+            self._index = IdIndex.of(np.asarray(self.ids), self.manifest["id_dtype"])
+        return self._index
 
     def rows(self, ids: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of each id in `ids`, found [n] bool); rows of ids not found are 0 (check `found`)."""
         query = as_ids(ids, self.manifest["id_dtype"], f"lookup in {self.path}")
-        order, sorted_ids = self._sorted_ids()
-        pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
-        found = sorted_ids[pos] == query
-        return np.where(found, order[pos], 0), found
+        rows = self.index().find(query)
+        found = rows >= 0
+        return np.where(found, rows, 0), found
 
     def fetch(self, ids: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(vectors float32 [n, dim], attributes float32 [n, k], found [n] bool) of `ids`; the rows of ids
         not in the store are zeros, to be ignored (`found` says which)."""
         rows, found = self.rows(ids)
-        return (np.asarray(self.vectors[rows], np.float32), np.asarray(self.attributes[rows], np.float32),
-                found)
+        vectors = np.asarray(self.vectors[rows], np.float32)
+        attributes = np.asarray(self.attributes[rows], np.float32)
+        if not found.all():
+            vectors[~found] = 0.0
+            attributes[~found] = 0.0
+        return vectors, attributes, found
 
     def lookup(self, ids: Sequence[Any] | np.ndarray) -> np.ndarray:
         """The vectors of `ids`, float32 [len(ids), dim], in the order asked; DataError naming unknown ids."""
         query = as_ids(ids, self.manifest["id_dtype"], f"lookup in {self.path}")
-        order, sorted_ids = self._sorted_ids()
-        pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
-        found = sorted_ids[pos] == query
-        if not found.all():
-            missing = query[~found]
+        rows = self.index().find(query)
+        if (rows < 0).any():
+            missing = query[rows < 0]
             raise DataError(f"{self.path}: unknown item id {missing[0].item()!r} ({missing.size} of {query.size} "
                             f"ids not in model version {self.model_version}: {missing[:5].tolist()})")
-        return np.array(self.vectors[order[pos]], dtype=np.float32)
+        return np.array(self.vectors[rows], dtype=np.float32)
 
 
 def _partial_note(store_dir: Path, version: int | None, fingerprint: str | None) -> str:

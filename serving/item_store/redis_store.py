@@ -286,6 +286,7 @@ class AsyncRedisVectors:
         self.attribute_names = list(meta.get("attributes") or [])
         self.reference_time = meta.get("reference_time")
         self.count = meta.get("count")
+        self.id_dtype = meta["id_dtype"]
         self.width = self.dim + len(self.attribute_names)
         self.prefix = f"{PREFIX}:{self.fingerprint}:i:"
         self.conn = redis.asyncio.Redis(host=address.host, port=address.port, db=address.db,
@@ -314,11 +315,12 @@ class AsyncRedisVectors:
                               f"({state}); run `prerank embed-items EXPORT --store {address.url}`")
         return cls(address, meta)
 
-    async def fetch(self, ids: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def fetch(self, ids: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(vectors, attributes, found) of `ids` in one round trip; StoreUnavailable if Redis is down."""
         prefix = self.prefix
         try:
-            values = await self.conn.mget([prefix + str(i) for i in ids])
+            values = await self.conn.mget([prefix + str(i) for i in (ids.tolist() if isinstance(ids, np.ndarray)
+                                                                      else ids)])
         except (redis.RedisError, OSError) as e:
             raise unavailable(self.address, e) from None
         return decode_records(values, self.width, self.dim)

@@ -80,6 +80,7 @@ class _Mapper:
     max_length: int | None = None
     keep: str = "last"
     dim: int | None = None
+    row: Callable[[Any], int] | None = None  # one raw id -> its row (vocabularies: a dict lookup, no arrays)
 
     def feed(self, raw: Any) -> np.ndarray:
         """The feed of one row ([1] or [1, max_length] / [1, dim])."""
@@ -100,6 +101,8 @@ class _Mapper:
         if self.dtype == "int64" and raw < 0 and raw != self.default:
             also = f" or {self.default}, its declared default" if isinstance(self.default, int) and self.default < 0 else ""
             raise DataError(f"column {self.column} holds id {raw}; ids are >= 0{also}")
+        if self.row is not None:
+            return np.array([self.row(raw)], np.int64)
         return self.rows([raw])
 
 
@@ -135,9 +138,9 @@ class RawFeeds:
             raise ExportError(f"{self.onnx_dir}/{MANIFEST}: input {entry['name']} reads columns {entry['columns']}; "
                               "crosses feed only the teacher")
         m = entry["mapping"]
-        rows = value = None
+        rows = value = row = None
         if m["type"] == "vocabulary":
-            rows = self._vocabulary_rows(m, entry["column_dtype"])
+            rows, row = self._vocabulary_rows(m, entry["column_dtype"])
         elif m["type"] == "hash":
             buckets = m["buckets"]
             rows = lambda ids: _fingerprint_mod([str(i) for i in ids], buckets)  # noqa: E731
@@ -150,9 +153,10 @@ class RawFeeds:
             raise ExportError(f"{self.onnx_dir}/{MANIFEST}: input {entry['name']}: unknown mapping {m['type']!r}")
         seq = entry.get("sequence") or {}
         return _Mapper(entry["name"], entry["columns"][0], entry["column_dtype"], entry["kind"], entry["holds"], rows,
-                       value, entry.get("default"), seq.get("max_length"), seq.get("keep", "last"))
+                       value, entry.get("default"), seq.get("max_length"), seq.get("keep", "last"), row=row)
 
-    def _vocabulary_rows(self, m: dict, dtype: str) -> Callable[[list], np.ndarray]:
+    def _vocabulary_rows(self, m: dict, dtype: str) -> tuple[Callable[[list], np.ndarray], Callable[[Any], int]]:
+        """(ids -> rows, one id -> its row) by a vocabulary file's rule."""
         path = os.path.join(self.onnx_dir, m["file"])
         if not os.path.isfile(path):
             raise ExportError(f"{path}: missing; the ONNX export's vocabulary for table {m['table']}")
@@ -170,7 +174,11 @@ class RawFeeds:
                 else:
                     out[unknown] = np.asarray([i for i, u in zip(ids, unknown) if u], np.int64) % oov
             return out
-        return rows
+
+        def row(i: Any) -> int:
+            found = table.get(i)
+            return found if found is not None else int(rows([i])[0])
+        return rows, row
 
     def feeds(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         """The graph's feeds for one row of raw values (column -> scalar, list or vector; a column the row

@@ -30,6 +30,7 @@ from trainer.data.splits import resolve_data
 from trainer.errors import ConfigError, ExportError
 from trainer.files import atomic_write, publish_directory, remove_stale_temporaries, temporary_for
 from trainer.spec.loader import as_spec
+from trainer.spec.sides import id_feature
 from trainer.spec.types import Spec
 from trainer.training.trained import load_trained, trained_checkpoint
 
@@ -116,6 +117,9 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
             "signatures": sorted(module.functions), "pruned": prune, "student_only": student_only,
             "fingerprint": fingerprint, "export_options": options,
             "vector_dim": model.config.model.student.user_tower[-1] if model.has_student else None,
+            # what evaluating the export needs besides its signatures (`evaluation.ExportScorer`)
+            "student_task": model.student_task if model.has_student else None,
+            "catalog_id_feature": id_feature(spec, "item", model.config.model.student.dual_augmented.item_feature),
             "input_rules": {c.name: input_rule(c) for c in columns},
             "row_rules": module.row_rules,
             "pruning": [p.as_dict() for p in pruning],

@@ -10,6 +10,8 @@ import tensorflow as tf
 from serving.savedmodel.layout import read_manifest, resolve_version_dir
 from trainer.data.records import clean_message
 from trainer.errors import ExportError
+from trainer.spec.loader import load_spec
+from trainer.spec.types import Spec
 
 
 @dataclass
@@ -55,3 +57,13 @@ def open_export(path: str) -> OpenedExport:
         raise ExportError(f"{os.path.join(export_dir, 'saved_model.pb')}: signatures {have}, but its manifest "
                           f"lists {listed}; not the SavedModel `prerank export` wrote there")
     return OpenedExport(export_dir, manifest, loaded)
+
+
+def export_spec(manifest: dict) -> Spec:
+    """The spec an export was made with (the file its manifest names); an ExportError if the file changed since
+    (its fingerprint differs from the one recorded)."""
+    spec = load_spec(manifest["spec"])
+    if spec.fingerprint != manifest["spec_fingerprint"]:
+        raise ExportError(f"{manifest['spec']} changed since the export (fingerprint {spec.fingerprint}, "
+                          f"export {manifest['spec_fingerprint']})")
+    return spec

@@ -13,7 +13,8 @@ runs inside the graph. Signatures:
 - pairwise: aligned user and item columns [B] -> logit, score [B]
 - prerank_vectors: one user's columns [1] and N candidates' precomputed item vectors (`item_vectors`
   float32 [N, d], e.g. from `prerank embed-items`) -> logit, score [N]; only the user tower runs
-- fine_rank: every feature column [B] -> each task's prediction and fused_score [B] (not in a student-only
+- fine_rank: every feature column [B] -> each task's prediction, raw output (<task>_output), a
+  regression task's estimate of its target (<task>_estimate), and fused_score [B] (not in a student-only
   export, which holds the student's signatures and the tables they read, nothing of the teacher)
 
 logit = user_vector . item_vector + logit_bias; score = sigmoid(logit).
@@ -202,10 +203,13 @@ class ServingModule(tf.Module):
 
 
 def fine_rank_outputs(model: JointModel, cols: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Each task's prediction (probability; t/(1+t) for regression), its raw output and the fused score."""
+    """Each task's prediction (probability; t/(1+t) for regression), its raw output, a regression task's
+    estimate of its (transformed) target, and the fused score."""
     logits, fused = model.teacher_outputs(cols)
     out = {"fused_score": fused}
     for task, output in logits.items():
         out[task] = model.task_probability(task, output)
         out[f"{task}_output"] = output
+        if model.labels[task].type == "regression":
+            out[f"{task}_estimate"] = model.task_estimate(task, output)
     return out

@@ -16,16 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 from serving.savedmodel.layout import resolve_version_dir
-from serving.savedmodel.opening import open_export
+from serving.savedmodel.opening import export_spec, open_export
 from serving.savedmodel.prune import zero_never_updated
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import fine_rank_outputs
 from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
-from trainer.errors import ExportError
 from trainer.evaluation import metrics
-from trainer.spec.loader import load_spec
 from trainer.spec.sides import user_columns
 from trainer.training.trained import load_trained
 
@@ -101,10 +99,7 @@ def verify_export(path: str, data: str | list[str] | None = None, batches: int =
     manifest, loaded = opened.manifest, opened.loaded
     result = Verification(export_dir, describe_signatures(loaded, manifest))
     result.warmup = replay_warmup(loaded.signatures, export_dir, requests)
-    spec = load_spec(manifest["spec"])
-    if spec.fingerprint != manifest["spec_fingerprint"]:
-        raise ExportError(f"{manifest['spec']} changed since the export (fingerprint {spec.fingerprint}, "
-                          f"export {manifest['spec_fingerprint']})")
+    spec = export_spec(manifest)
     data = data or spec.data.eval or manifest["warmup_data"]  # the export's own warmup rows exist in any case
     model = load_trained(spec, manifest["model_dir"], data, checkpoint=manifest["checkpoint"])
     names = [n for n in loaded.signatures if n != "serving_default"]

@@ -5,7 +5,7 @@ negative id, say), 413 for a body over the cap, 422 for a request that breaks th
 mistyped feature, an empty or oversized candidate list, an unknown strategy, K <= 0: the field named),
 503 while no version is ready or when the item store is unreachable (it recovers by itself). Every answer
 but 200 is {"error": "...", "fields": [...]}. Each 200 carries a Server-Timing header with the time of each
-stage (parse, user, fetch, embed, score, strategy, serialize; ms), also in /metrics.
+stage (read (the body), parse, user, fetch, embed, score, strategy, serialize; ms), also in /metrics.
 """
 import asyncio
 import json
@@ -24,7 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
 from serving.item_store.redis_store import StoreUnavailable
-from serving.service.metrics import STAGES, Metrics
+from serving.item_store.values import first_duplicate
+from serving.service.metrics import SCORING_STAGES, Metrics
 from serving.service.model import ServedModel
 from serving.service.schema import (STRATEGIES, ErrorResponse, ScoreResponse, Strategy, Threshold, Tiers, TopK,
                                     request_model)
@@ -102,13 +103,15 @@ class Scorer:
             raise Refused(422, "invalid_request", "; ".join(f"{f['field']}: {f['problem']}" for f in fields[:5]),
                           fields) from None
         ids = request.candidates
-        if len(set(ids)) != len(ids):
-            seen, repeated = set(), None
-            for i in ids:
-                if i in seen:
-                    repeated = i
-                    break
-                seen.add(i)
+        try:
+            keys = model.vectors.as_ids(ids)
+        except OverflowError:
+            at = next(i for i, v in enumerate(ids) if not -(2**63) <= v < 2**63)
+            raise Refused(422, "invalid_request", f"candidates.{at}: id {ids[at]} does not fit in int64",
+                          [{"field": f"candidates.{at}", "problem": "does not fit in int64"}]) from None
+        ordered = np.sort(keys)
+        if (ordered[1:] == ordered[:-1]).any():
+            repeated = first_duplicate(keys)
             raise Refused(422, "invalid_request", f"candidates: id {repeated!r} appears more than once",
                           [{"field": "candidates", "problem": f"id {repeated!r} repeated"}])
         strategy = request.strategy or self.default_strategy
@@ -120,20 +123,24 @@ class Scorer:
                           [{"field": "strategy.attribute", "problem": "unknown attribute"}])
         t.append(time.perf_counter())
         try:
-            u = model.user_vector(request.user.model_dump())
+            u = model.user_vector(vars(request.user))  # the validated fields, no copy
         except DataError as e:
             raise Refused(400, "bad_value", f"user: {e}", [{"field": "user", "problem": str(e)}]) from None
         t.append(time.perf_counter())
         try:
-            vectors, attributes, found = await model.vectors.lookup(ids)
+            vectors, attributes, found = await model.vectors.lookup(keys)
         except StoreUnavailable as e:
             raise Refused(503, "store_unavailable", str(e)) from None
         t.append(time.perf_counter())
         if not found.all() and request.item_features:
             self._embed_missing(model, request, ids, vectors, found)
         t.append(time.perf_counter())
-        rows = np.flatnonzero(found)
-        logits = vectors[rows] @ u + np.float32(model.bias)
+        if found.all():
+            rows = np.arange(len(ids))
+            logits = vectors @ u + np.float32(model.bias)
+        else:
+            rows = np.flatnonzero(found)
+            logits = vectors[rows] @ u + np.float32(model.bias)
         scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         t.append(time.perf_counter())
         if isinstance(strategy, TopK):
@@ -152,7 +159,7 @@ class Scorer:
                     "candidates": len(ids), "scored": int(len(rows))}
         out = orjson.dumps(response)
         t.append(time.perf_counter())
-        timings = {stage: t[i + 1] - t[i] for i, stage in enumerate(STAGES)}
+        timings = {stage: t[i + 1] - t[i] for i, stage in enumerate(SCORING_STAGES)}
         cache = model.vectors.cache
         self.metrics.candidates.inc(len(rows))
         if missing:
@@ -305,7 +312,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         start = time.perf_counter()
         try:
             body = await read_body(request, config.max_body_bytes)
+            read = time.perf_counter() - start
             out, timings = await scorer.score(body)
+            timings = {"read": read, **timings}
         except Refused as e:
             return refusal(e)
         except Exception as e:  # noqa: BLE001 -- answered, counted and logged; the service keeps serving
@@ -315,7 +324,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                 status_code=500)
         metrics.latency.observe(time.perf_counter() - start)
         for stage, seconds in timings.items():
-            metrics.stage.labels(stage).observe(seconds)
+            metrics.stages[stage].observe(seconds)
         header = ", ".join(f"{s};dur={v * 1000:.3f}" for s, v in timings.items())
         return Response(out, media_type="application/json", headers={"server-timing": header})
 

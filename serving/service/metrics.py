@@ -3,7 +3,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STAGES = ("parse", "user", "fetch", "embed", "score", "strategy", "serialize")
+SCORING_STAGES = ("parse", "user", "fetch", "embed", "score", "strategy", "serialize")  # `Scorer.score`'s
+STAGES = ("read",) + SCORING_STAGES  # read: the request body, from the framework
 # seconds; fine steps below 10 ms, where a pre-rank request should land
 BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -20,6 +21,7 @@ class Metrics:
                                  registry=r)
         self.stage = Histogram("prerank_stage_seconds", "Time of each stage of a /score request", ["stage"],
                                buckets=BUCKETS, registry=r)
+        self.stages = {s: self.stage.labels(s) for s in STAGES}  # each stage's child, looked up once
         self.candidates = Counter("prerank_candidates_scored", "Candidates scored", registry=r)
         self.unscored = Counter("prerank_candidates_unscored", "Candidates not scored, by reason", ["reason"],
                                 registry=r)

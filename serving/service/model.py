@@ -127,11 +127,7 @@ class ServedModel:
             self.onnx_note = (f"{onnx_dir} was exported from {doc.get('checkpoint')}, not this export's "
                               f"{self.manifest['checkpoint']} (pruned: {self.manifest['pruned']})")
             return
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(os.path.join(onnx_dir, doc["graphs"]["user_vector"]["file"]), options,
-                                       providers=["CPUExecutionProvider"])
+        session = user_tower_session(onnx_dir, feeds)
         want, _ = self.savedmodel_user_vector(user)
         got = session.run(None, feeds.feeds(user))[0][0]
         diff = float(np.max(np.abs(got - want)))
@@ -155,6 +151,15 @@ class ServedModel:
 
     async def close(self) -> None:
         await self.vectors.source.close()
+
+
+def user_tower_session(onnx_dir: str, feeds: RawFeeds) -> ort.InferenceSession:
+    """The ONNX user tower of an ONNX export, one thread (a request's tower is small; the event loop waits)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(os.path.join(onnx_dir, feeds.doc["graphs"]["user_vector"]["file"]), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def request_value(value: Any, column: RawColumn) -> Any:

@@ -29,8 +29,9 @@ class FileVectors:
         self.where = str(self.store.path)
         self.id_dtype = self.store.manifest["id_dtype"]
 
-    async def fetch(self, ids: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.store.fetch(np.asarray(ids, dtype=np.int64 if self.id_dtype == "int64" else str))
+    async def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors, attributes, found) of `ids` (int64 or unicode array)."""
+        return self.store.fetch(ids)
 
     async def ping(self) -> None:
         return None
@@ -72,19 +73,24 @@ class CachedVectors:
         self.source = source
         self.dim = source.dim
         self.width = source.dim + len(source.attribute_names)
-        self.cache = HotCache(capacity, self.width)
+        self.cache = HotCache(capacity, self.width, source.id_dtype)
 
-    async def lookup(self, ids: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(vectors [n, d], attributes [n, k], found [n]) of `ids`; StoreUnavailable if the store is down
-        and some id is not cached."""
+    def as_ids(self, ids: list) -> np.ndarray:
+        """A request's ids as the array `lookup` takes (int64, or numpy unicode for string ids)."""
+        return self.cache.index.as_keys(ids)
+
+    async def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors [n, d], attributes [n, k], found [n]) of `ids` (`as_ids`); StoreUnavailable if the store is
+        down and some id is not cached."""
         records, found = self.cache.get(ids)
         if not found.all():
             missing = np.flatnonzero(~found)
-            wanted = [ids[i] for i in missing.tolist()]
-            vectors, attributes, got = await self.source.fetch(wanted)
-            records[missing[got]] = np.concatenate([vectors[got], attributes[got]], axis=1)
-            found[missing[got]] = True
-            self.cache.put([w for w, g in zip(wanted, got.tolist()) if g], records[missing[got]])
+            vectors, attributes, got = await self.source.fetch(ids[missing])
+            rows = missing[got]
+            records[rows, :self.dim] = vectors[got]
+            records[rows, self.dim:] = attributes[got]
+            found[rows] = True
+            self.cache.put(ids[rows], records[rows])
         return records[:, :self.dim], records[:, self.dim:], found
 
     def remember(self, ids: list, vectors: np.ndarray) -> None:

@@ -32,12 +32,19 @@ class ItemCatalog:
     def size(self) -> int:
         return len(self.ids)
 
-    def sample(self, n: tf.Tensor, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-        """Columns of `n` items drawn uniformly (with replacement)."""
+    def sample_rows(self, n: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
+        """Catalog rows of `n` items drawn uniformly (with replacement), int64 [n]. With a `seed`, the draws of
+        a smaller `n` are the first ones of a larger `n` (a counter-based generator)."""
         if seed is None:
-            rows = tf.random.uniform([n], 0, self.size, dtype=tf.int64)
-        else:
-            rows = tf.random.stateless_uniform([n], seed, 0, self.size, dtype=tf.int64)
+            return tf.random.uniform([n], 0, self.size, dtype=tf.int64)
+        return tf.random.stateless_uniform([n], seed, 0, self.size, dtype=tf.int64)
+
+    def sample(self, n: tf.Tensor, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """Columns of `n` items drawn uniformly (with replacement): those of `sample_rows(n, seed)`."""
+        return self.gather(self.sample_rows(n, seed))
+
+    def gather(self, rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Columns of the catalog items at `rows`."""
         return {c: tf.gather(v, rows) for c, v in self.columns.items()}
 
 

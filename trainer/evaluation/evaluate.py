@@ -16,13 +16,15 @@ import re
 import numpy as np
 
 from trainer.evaluation import metrics
-from trainer.evaluation.predict import Predictions, predict
+from trainer.evaluation.predict import Predictions, Scorer, predict_with
+from trainer.evaluation.scoring import ModelScorer
 
 RECALL_KS = ((1, 3), (3, 10), (10, 30))  # (teacher's top-k, student's top-k')
 
 
 def quality(model, p: Predictions) -> dict:
-    """{'teacher': {task: {...}}, 'student': {...}} on exposed rows."""
+    """{'teacher': {task: {...}}, 'student': {...}} on exposed rows. `model`: a JointModel or a scorer (anything
+    with `labels` and `student_task`)."""
     out: dict = {"teacher": {}, "rows": int(p.exposed.sum())}
     for task, label in model.labels.items():
         y = p.labels[task][p.exposed]
@@ -57,20 +59,27 @@ def evaluate_model(model, patterns: str | list[str], batch_size: int = 2048, max
       batch_size: rows per batch.
       max_batches: read at most this many batches.
       sampled: numbers of items sampled per group for the consistency candidate sets (0: exposures only).
+        One pass scores the largest; a smaller K takes each group's first K of those draws (`predict_with`).
       seed: seed of the sampled items.
       skip_corrupt: leave corrupt records out instead of failing; the result's "skipped" lists them per file
         (`corrupt.Skipped.as_dict` entries; always there, empty without corrupt records).
     """
-    base = predict(model, patterns, batch_size, max_batches, seed=seed, skip_corrupt=skip_corrupt)
-    result = quality(model, base)
+    return evaluate_scorer(ModelScorer(model, model.catalog), patterns, batch_size, max_batches, sampled, seed,
+                           skip_corrupt)
+
+
+def evaluate_scorer(scorer: Scorer, patterns: str | list[str], batch_size: int = 2048, max_batches: int | None = None,
+                    sampled: tuple[int, ...] = (0,), seed: int = 0, skip_corrupt: bool = False) -> dict:
+    """`evaluate_model` with any scorer (a model's, an export's): the arguments as there."""
+    if any(k < 0 for k in sampled):
+        raise ValueError(f"numbers of sampled items must be >= 0, got {sampled}")
+    largest = max(sampled, default=0) if scorer.has_student else 0
+    base = predict_with(scorer, patterns, batch_size, max_batches, sampled_per_group=largest, seed=seed,
+                        skip_corrupt=skip_corrupt)
+    result = quality(scorer, base)
     result["skipped"] = base.skipped
-    if model.has_student:
-        by_k = []
-        for k in sampled:
-            p = base if k == 0 else predict(model, patterns, batch_size, max_batches, sampled_per_group=k, seed=seed,
-                                            skip_corrupt=skip_corrupt)
-            by_k.append(consistency(p, k))
-        result["consistency"] = {"by_k": by_k}
+    if scorer.has_student:
+        result["consistency"] = {"by_k": [consistency(base.sampled_up_to(k), k) for k in sampled]}
     return strict_result(result)
 
 

@@ -99,11 +99,25 @@ def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     return float(np.sum(per_group[valid] * sizes[valid]) / np.sum(sizes[valid]))
 
 
+def _joint_key(*codes: np.ndarray) -> np.ndarray:
+    """One int64 key per row that orders rows as the tuple of their non-negative integer `codes` does, first
+    code first: one sort of integers instead of a lexicographic sort (`np.lexsort`) of several arrays. A key
+    that would pass 2**62 is re-coded densely before the next code joins it."""
+    key = codes[0].astype(np.int64)
+    span = int(key.max(initial=0)) + 1
+    for code in codes[1:]:
+        width = int(code.max(initial=0)) + 1
+        if span * width >= 1 << 62:
+            key, span = _codes(key)
+        key = key.astype(np.int64) * width + code
+        span *= width
+    return key
+
+
 def _tied_pairs(*keys: np.ndarray) -> int:
-    """Number of unordered pairs of rows that agree on every key."""
-    order = np.lexsort(keys[::-1])
-    starts = _run_starts(*(k[order] for k in keys))
-    counts = np.diff(np.r_[starts, len(order)])
+    """Number of unordered pairs of rows that agree on every key (dense codes)."""
+    _, counts = np.unique(_joint_key(*keys), return_counts=True)
+    counts = counts.astype(np.int64)
     return int(np.sum(counts * (counts - 1) // 2))
 
 
@@ -151,7 +165,8 @@ def pairwise_agreement(teacher: np.ndarray, student: np.ndarray, groups: np.ndar
     if teacher_differs == 0:
         return float("nan")
     student_ties = _tied_pairs(gid, s) - _tied_pairs(gid, t, s)  # student tied, teacher not
-    order = np.lexsort((s, t, gid))  # within teacher ties students ascend, so inversions = discordant pairs
+    order = np.argsort(_joint_key(gid, t, s), kind="stable")  # by group, teacher, then student: within teacher
+    # ties students ascend, so inversions = discordant pairs
     discordant = _inversions(gid[order], s[order])
     return (teacher_differs - discordant - 0.5 * student_ties) / teacher_differs
 
@@ -159,7 +174,8 @@ def pairwise_agreement(teacher: np.ndarray, student: np.ndarray, groups: np.ndar
 def _rank_in_group(scores: np.ndarray, gid: np.ndarray) -> np.ndarray:
     """0-based rank of each row within its group, highest score first, ties broken by row index."""
     n = len(scores)
-    order = np.lexsort((np.arange(n), -scores.astype(np.float64), gid))
+    descending, _ = _codes(-scores.astype(np.float64))
+    order = np.argsort(_joint_key(gid, descending), kind="stable")  # stable: ties in row order
     sorted_gid = gid[order]
     starts = _run_starts(sorted_gid)
     within = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))

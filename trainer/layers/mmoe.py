@@ -44,6 +44,11 @@ class MMoE(tf.keras.layers.Layer):
         self.gates = {t: tf.keras.layers.Dense(experts, name=f"gate_{t}") for t in self.tasks}
         self.towers = {t: MLP(self.task_tower + [1], last_activation=None, name=f"tower_{t}") for t in self.tasks}
 
+    def build(self, input_shape: dict) -> None:
+        """Records each field's width (`input_shape`: field -> shape), which places it in the concatenation."""
+        self.field_widths = {name: int(input_shape[name][-1]) for name in self.fields}
+        super().build(input_shape)
+
     def gate_weights(self, task: str, x: tf.Tensor) -> tf.Tensor:
         """A task's softmax weights over the experts, [B, experts], for the concatenated fields x."""
         return tf.nn.softmax(self.gates[task](x), axis=-1)
@@ -70,7 +75,7 @@ class MMoE(tf.keras.layers.Layer):
     def _experts_and_gates(self, x: tf.Tensor, training: bool) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """The experts' outputs [B, n, d] and each task's gate logits [B, n], the experts' first layers and the gates
         computed as one matmul."""
-        first = [e.dense[0] for e in self.experts] + [self.gates[t] for t in self.tasks]
+        first = self._first_layers()
         kernel = tf.concat([layer.kernel for layer in first], axis=1)
         bias = tf.concat([layer.bias for layer in first], axis=0)
         parts = tf.split(tf.matmul(x, kernel) + bias, [layer.units for layer in first], axis=1)
@@ -84,6 +89,60 @@ class MMoE(tf.keras.layers.Layer):
                     h = expert.drop[i](h, training=training)
             outputs.append(h)
         return tf.stack(outputs, axis=1), parts[len(self.experts):]
+
+    # ---- the first layer by parts: many candidates per user (`trainer.evaluation.scoring`) ----
+    # Every expert's first dense layer and every gate is linear in the concatenated fields, so their
+    # pre-activation is a sum of one term per field: a term that depends on the user alone can be computed once
+    # per user, one of the item alone once per item. The sum of the parts equals `call`'s pre-activation up to
+    # float rounding (the additions happen in another order).
+    def _first_layers(self) -> list[tf.keras.layers.Dense]:
+        return [e.dense[0] for e in self.experts] + [self.gates[t] for t in self.tasks]
+
+    @property
+    def first_layer_sizes(self) -> list[int]:
+        """The units of every expert's first layer, then of every gate: the pieces of `first_layer_part`'s terms."""
+        return [layer.units for layer in self._first_layers()]
+
+    @property
+    def first_layer_width(self) -> int:
+        """The width of `first_layer_part`'s terms (the sum of `first_layer_sizes`)."""
+        return sum(self.first_layer_sizes)
+
+    def first_layer_part(self, encoded: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The term of the first layers' pre-activation [B, width] that the given fields (a subset of `fields`,
+        with their encoded values) contribute, without biases: every expert's first layer, then every task's
+        gate, side by side. Parts of disjoint subsets covering all fields add up to the whole
+        (`outputs_from_first_layer` adds the biases)."""
+        names = [n for n in self.fields if n in encoded]
+        unknown = sorted(set(encoded) - set(self.fields))
+        if unknown:
+            raise ValueError(f"not fields of this MMoE: {unknown}")
+        starts, offset = {}, 0
+        for n in self.fields:
+            starts[n], offset = offset, offset + self.field_widths[n]
+        rows = tf.concat([tf.range(starts[n], starts[n] + self.field_widths[n]) for n in names], axis=0)
+        kernel = tf.concat([layer.kernel for layer in self._first_layers()], axis=1)
+        x = tf.concat([encoded[n] for n in names], axis=-1)
+        return tf.matmul(x, tf.gather(kernel, rows))
+
+    def outputs_from_first_layer(self, pre: tf.Tensor | list[tf.Tensor]) -> dict[str, tf.Tensor]:
+        """{task: output [B]} from the first layers' summed pre-activation (`first_layer_part`): [B, width], or
+        its pieces ([B, units] per layer, `first_layer_sizes`), as `call` (in inference: no dropout) computes
+        them. Given in pieces, each layer's pre-activation can be assembled where it is used (under XLA: fused
+        into its activation, never stored whole)."""
+        parts = tf.split(pre, self.first_layer_sizes, axis=-1) if isinstance(pre, tf.Tensor) else list(pre)
+        experts = []
+        for expert, part in zip(self.experts, parts):
+            x = expert.dense[0].activation(part + expert.dense[0].bias)
+            for dense in expert.dense[1:]:
+                x = dense(x)
+            experts.append(x)
+        stacked = tf.stack(experts, axis=1)  # [B, n, d]
+        out = {}
+        for t, part in zip(self.tasks, parts[len(self.experts):]):
+            gate = tf.nn.softmax(self.gates[t].activation(part + self.gates[t].bias), axis=-1)
+            out[t] = tf.squeeze(self.towers[t](tf.reduce_sum(stacked * gate[:, :, None], axis=1)), -1)
+        return out
 
     def get_config(self) -> dict:
         return {**super().get_config(), "fields": self.input_fields, "tasks": self.tasks, "experts": self.num_experts,

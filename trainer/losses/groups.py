@@ -42,10 +42,31 @@ def with_unexposed(features: dict[str, tf.Tensor], groups: tf.Tensor, n_groups: 
     rows = tf.range(tf.shape(groups)[0])
     first_row = tf.math.unsorted_segment_min(rows, groups, n_groups)
     owner = tf.repeat(tf.range(n_groups), per_group)
-    sampled = catalog.sample(tf.shape(owner)[0], seed)
-    out = {}
-    for column, value in features.items():
-        extra = tf.gather(value, tf.gather(first_row, owner)) if column in user_columns else sampled[column]
-        extra = tf.cast(extra, value.dtype) if not isinstance(extra, tf.RaggedTensor) else extra
-        out[column] = tf.concat([value, extra], axis=0)
+    extra = candidate_features(features, tf.gather(first_row, owner), catalog,
+                               catalog.sample_rows(tf.shape(owner)[0], seed), user_columns)
+    out = {column: tf.concat([value, extra[column]], axis=0) for column, value in features.items()}
     return out, tf.concat([groups, owner], axis=0)
+
+
+def candidate_features(features: dict[str, tf.Tensor], owner_rows: tf.Tensor, catalog: ItemCatalog,
+                       item_rows: tf.Tensor, user_columns: list[str],
+                       columns: list[str] | None = None) -> dict[str, tf.Tensor]:
+    """The raw columns of sampled candidates: candidate i joins the user and context columns of the batch's row
+    `owner_rows[i]` to every other column of catalog item `item_rows[i]`.
+
+    Args:
+      features: a batch's raw columns.
+      owner_rows: per candidate, the row of `features` whose user it is shown to.
+      catalog: the item table.
+      item_rows: per candidate, its catalog row.
+      user_columns: the columns taken from the owner's row.
+      columns: the columns wanted (default: every column of `features`).
+    """
+    out = {}
+    for column in (features if columns is None else columns):
+        if column in user_columns:
+            out[column] = tf.gather(features[column], owner_rows)
+        else:
+            value = tf.gather(catalog.columns[column], item_rows)
+            out[column] = value if isinstance(value, tf.RaggedTensor) else tf.cast(value, features[column].dtype)
+    return out

@@ -49,6 +49,8 @@ class Outputs:
     item_vector: tf.Tensor | None
     user_augment: tf.Tensor | None = None  # dual augmented vectors, [B, d]
     item_augment: tf.Tensor | None = None
+    teacher_fields: dict[str, tf.Tensor] | None = None  # the encoded fields the teacher read, [B, d_i] each
+    histories: dict[str, tf.RaggedTensor] | None = None  # the attended sequences' vectors, [B, None, d]
 
 
 def tower_components(s: StudentConfig) -> list[dict]:
@@ -150,14 +152,16 @@ class JointModel(tf.keras.Model):
         teacher_logits = self.teacher(self.teacher_inputs(teacher_encoded, histories), training=training)
         teacher_score = self.fused(teacher_logits)
         if not self.has_student:
-            return Outputs(teacher_logits, teacher_score, None, None, None)
+            return Outputs(teacher_logits, teacher_score, None, None, None, teacher_fields=teacher_encoded,
+                           histories=histories)
         aug_u = aug_v = None
         if self.augmented:
             aug_u, aug_v = self.augment_vector("user", features, drop_seed), self.augment_vector("item", features,
                                                                                                  drop_seed)
         u = self.user_tower(encoded, aug_u, training=training)
         v = self.item_tower(encoded, aug_v, training=training)
-        return Outputs(teacher_logits, teacher_score, self.similarity(u, v), u, v, aug_u, aug_v)
+        return Outputs(teacher_logits, teacher_score, self.similarity(u, v), u, v, aug_u, aug_v, teacher_encoded,
+                       histories)
 
     # ---- serving-side pieces: each side alone ----
     def encode_side(self, side: str, features: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor | None]:
@@ -180,10 +184,15 @@ class JointModel(tf.keras.Model):
         """The serving item vector [B, d] (computable offline, without the user)."""
         return self.similarity.item_vector(self.item_tower(*self.encode_side("item", features)))
 
+    @property
+    def teacher_fields_encoder(self) -> FeatureEncoder:
+        """The encoder whose fields the teacher reads: its own, frozen one in student mode, else the shared one."""
+        return self.teacher_encoder if self.mode == "student" else self.encoder
+
     def teacher_outputs(self, features: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         """The teacher alone: (task -> raw output [B], fused score [B])."""
-        encoder = self.teacher_encoder if self.mode == "student" else self.encoder
-        logits = self.teacher(self.teacher_inputs(*encoder.encode_keeping(features, self.attended)), training=False)
+        encoded = self.teacher_fields_encoder.encode_keeping(features, self.attended)
+        logits = self.teacher(self.teacher_inputs(*encoded), training=False)
         return logits, self.fused(logits)
 
     def teacher_inputs(self, encoded: dict[str, tf.Tensor],
