@@ -76,7 +76,8 @@ def test_every_command_knows_the_plugins_components_in_a_fresh_process(plugin_co
 
     # Later commands read the recorded config (its absolute plugin path): no --config, nothing else to pass.
     # (The export skips pruning: pruning is not what is checked here, and it is the export's slow part.)
-    for command in (["evaluate", SPEC, "--model-dir", model_dir, "--data", data, "--sampled", "0"],
+    evaluate = ["evaluate", SPEC, "--model-dir", model_dir, "--data", data, "--sampled", "0", "--max-batches", "1"]
+    for command in (evaluate,
                     ["export", SPEC, "--model-dir", model_dir, "--export-base", base, "--data", data, "--no-prune"],
                     ["verify-export", base, "--data", data, "--batches", "1"]):
         done = prerank(*command)
