@@ -32,26 +32,20 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
                          "model.id_dropout_tables={video: 0.1}"]
 
 
-# Fixtures that start servers: the tests using them run in one pytest-xdist worker, so that the session has one
-# Redis and one service (scripts/test.sh runs the suite in two workers, `--dist loadgroup`). Every other test runs
-# in the group of its module, so that a module's fixtures are built once; the modules known to take longest are
-# handed out first (the workers take groups in collection order), so that no long one is left for the end.
-SERVER_FIXTURES = {"redis_server", "service_small"}
-SERVERS = "servers"
-LONGEST_FIRST = (SERVERS, "test_export", "test_model", "test_training_job", "test_task", "test_plugins", "test_api",
-                 "test_evaluation", "test_kuairand_conversion", "test_onnx_export", "test_serving_input",
+# scripts/test.sh runs the suite in two pytest-xdist workers with `--dist loadfile`: a module's tests run in one
+# worker, so that its module fixtures are built once (test_service.py's Redis and service among them); the
+# modules known to take longest are handed out first (the workers take modules in collection order), so that no
+# long one is left for the end. (`--dist loadgroup` does not group on pytest 9.2 with pytest-xdist 3.8: the
+# workers never see the option, so tests would run one by one wherever a worker is free.)
+LONGEST_FIRST = ("test_service", "test_export", "test_model", "test_training_job", "test_task", "test_plugins",
+                 "test_api", "test_evaluation", "test_kuairand_conversion", "test_onnx_export", "test_serving_input",
                  "test_model_dir_input")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    groups = {}
-    for item in items:
-        group = SERVERS if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups[item.nodeid] = group
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))  # stable: collection order otherwise
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: collection order otherwise
 
 
 def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], object]):
