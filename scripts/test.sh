@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="[test,serve]" bash scripts/setup_env.sh
 # Two pytest-xdist workers (PRERANK_TEST_WORKERS): most tests run one TensorFlow process on one core at a time, so
-# two keep both cores of the reference machine busy; a module's tests stay in one worker (tests/conftest.py).
-exec .venv/bin/python -m pytest -q -n "${PRERANK_TEST_WORKERS:-2}" --dist loadfile "$@"
+# two keep both cores of the reference machine busy; a module's tests stay in one worker, and modules are handed
+# out in the order tests/conftest.py gives them (longest first), not by their number of tests.
+exec .venv/bin/python -m pytest -q -n "${PRERANK_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

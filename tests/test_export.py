@@ -211,7 +211,7 @@ def test_a_killed_export_leaves_no_version_and_the_next_one_cleans_up(trained_sm
     assert versions(str(base)) == [] and any(p.name.startswith(".tmp-") for p in base.iterdir())
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "exported version 1" in result.stdout
+    assert "exported student-only version 1" in result.stdout
     assert sorted(p.name for p in base.iterdir()) == ["1"]  # the killed export's leftovers are gone
 
 
