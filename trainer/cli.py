@@ -244,14 +244,15 @@ def _export(args: argparse.Namespace) -> None:
     from serving.savedmodel.prune import report_table
     from trainer.spec.loader import load_spec
     result = export_model(load_spec(args.spec), args.model_dir, args.export_base, args.version, args.data,
-                          prune=not args.no_prune, student_only=args.student_only)
+                          prune=not args.no_prune, student_only=args.student_only, embeddings=args.embeddings)
     if result.pruning:
         print(report_table(result.pruning))
     if result.variables_bytes_before is not None:
         print(f"SavedModel variables: {result.variables_bytes_before:,} bytes unpruned -> "
-              f"{result.variables_bytes_after:,} pruned "
+              f"{result.variables_bytes_after:,} exported "
               f"({1 - result.variables_bytes_after / result.variables_bytes_before:.1%} smaller)")
-    kind = "student-only " if result.student_only else ""
+    kind = ("student-only " if result.student_only else "") + \
+        (f"{result.embeddings} " if result.embeddings != "float32" else "")
     print(f"exported {kind}version {result.version} -> {result.path} (fingerprint {result.fingerprint})")
 
 
@@ -260,22 +261,30 @@ def _verify_export(args: argparse.Namespace) -> None:
     result = verify_export(args.export_dir, args.data, args.batches)
     print(result.signatures)
     print("warmup requests run: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warmup.items())))
-    print(f"export vs trained model on {result.rows} rows (max |diff|):")
+    if result.rows_checked:
+        print(f"stored rows ({result.embeddings}) vs the checkpoint's (max |diff|; values beyond half a "
+              "quantization step):")
+        for table, (diff, bad) in sorted(result.rows_checked.items()):
+            print(f"  {table:<32}{diff:.3g}  {bad}{'' if bad == 0 else '  FAIL'}")
+    reference = "" if result.embeddings == "float32" else f", its tables stored as {result.embeddings},"
+    print(f"export vs trained model{reference} on {result.rows} rows (max |diff|):")
     for key, diff in sorted(result.max_diff.items()):
         print(f"  {key:<32}{diff:.3g}{'' if diff <= TOLERANCE else '  FAIL'}")
     if result.auc:
-        print(f"AUC on the same {result.rows} rows, checkpoint as trained -> export (pruning's effect):")
+        print(f"AUC on the same {result.rows} rows, checkpoint as trained -> export (pruning's and the "
+              f"{result.embeddings} format's effect):")
         for label, (trained, served) in result.auc.items():
             print(f"  {label}: {trained:.4f} -> {served:.4f} ({served - trained:+.4f})")
     if not result.ok:
-        raise ExportError(f"{result.path}: outputs differ from the trained model by more than {TOLERANCE}")
+        raise ExportError(f"{result.path}: outputs differ from the trained model by more than {TOLERANCE}, "
+                          "or stored rows from the checkpoint's by more than half a quantization step")
     print(f"{result.path}: verified")
 
 
 def _onnx(args: argparse.Namespace) -> None:
     from serving.onnx.export import export_onnx
     from trainer.spec.loader import load_spec
-    result = export_onnx(load_spec(args.spec), args.model_dir, args.out, args.data)
+    result = export_onnx(load_spec(args.spec), args.model_dir, args.out, args.data, embeddings=args.embeddings)
     print(f"{', '.join(sorted(result.graphs))} -> {result.path} (inputs.json and README.md describe the inputs)")
 
 
@@ -504,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-only", action="store_true",
                    help="only the student's signatures (user_embedding, item_embedding, prerank, pairwise, "
                         "prerank_vectors) and the tables they read: no teacher, no cross or privileged tables")
+    p.add_argument("--embeddings", default="float32", metavar="FORMAT",
+                   help="how the kept rows are stored: float32 (as trained, the default), float16, or int8 with "
+                        "a float16 scale and offset per row; dequantized in the graph at lookup")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("verify-export", help="load an export as TF Serving would, run its warmup requests and "
@@ -519,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--out", required=True, help="a new directory for the .onnx files, inputs.json and README.md")
     add_globs(p, "--data", "rows for the parity check (default: the spec's data.eval)")
+    p.add_argument("--embeddings", default="float32", metavar="FORMAT",
+                   help="how the kept rows are stored, as in `prerank export`: float32 (default), float16, int8")
     p.set_defaults(func=_onnx)
 
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")

@@ -15,12 +15,17 @@ carried no information. A vocabulary table's OOV rows start at zero
 (`trainer.layers.embedding.EmbeddingTable`'s `zero_rows`): never trained, they
 read zeros in the checkpoint and the export alike; trained (rare ids, or
 `model.id_dropout`), FTRL's slots show them updated and they are kept.
+
+The kept rows are stored in the export's embedding format (`serving.savedmodel.quantize`: float32 as trained,
+float16, or int8 with a per-row float16 scale and offset), dequantized at lookup after the index; the
+compact-or-plain choice counts the format's bytes a row.
 """
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import tensorflow as tf
 
+from serving.savedmodel.quantize import dequantize, dequantize_rows, quantize, row_bytes
 from trainer.errors import ExportError
 from trainer.layers.embedding import EmbeddingTable
 from trainer.models.joint import JointModel
@@ -34,7 +39,8 @@ ZERO_ROW = 0  # compact row every pruned row maps to
 
 @dataclass(frozen=True)
 class TablePruning:
-    """What pruning did to one table; bytes count float32 rows and the int32 index."""
+    """What pruning and the embedding format did to one table. bytes_before: the trained float32 table;
+    bytes_after: the stored rows in the export's format (`quantize.row_bytes`) and the int32 index, if any."""
 
     table: str
     rows: int
@@ -42,19 +48,25 @@ class TablePruning:
     zero_rows: int  # updated in training, all zero now
     never_updated: int  # FTRL never updated the row (a frozen teacher's table: per the teacher's checkpoint)
     kept: int
+    embeddings: str = "float32"  # the stored format (`quantize.FORMATS`)
+    max_abs_error: float = 0.0  # max |stored row, dequantized - trained row| over the stored rows
 
     @property
     def bytes_before(self) -> int:
         return self.rows * self.dim * 4
 
     @property
+    def row_bytes(self) -> int:
+        return row_bytes(self.dim, self.embeddings)
+
+    @property
     def compact(self) -> bool:
-        """True when a compact table plus index is smaller than the plain table."""
-        return (self.kept + 1) * self.dim * 4 + self.rows * 4 < self.bytes_before
+        """True when a compact table plus index is smaller than the plain table (in the stored format)."""
+        return (self.kept + 1) * self.row_bytes + self.rows * 4 < self.rows * self.row_bytes
 
     @property
     def bytes_after(self) -> int:
-        return (self.kept + 1) * self.dim * 4 + self.rows * 4 if self.compact else self.bytes_before
+        return (self.kept + 1) * self.row_bytes + self.rows * 4 if self.compact else self.rows * self.row_bytes
 
     def as_dict(self) -> dict:
         return {**asdict(self), "compact": self.compact, "bytes_before": self.bytes_before,
@@ -63,19 +75,32 @@ class TablePruning:
 
 class PrunedTable(tf.keras.layers.Layer):
     """Pruned embeddings: rows -> index[rows] -> compact rows (row 0 is zeros); without an index, a plain
-    table whose pruned rows are zero."""
+    table whose pruned rows are zero. `stored` holds the rows as `quantize.quantize` stores them: "values"
+    (float32, float16 or int8) and, for int8, each row's "scale" and "offset"; a lookup gathers them and
+    dequantizes (`quantize.dequantize_rows`)."""
 
-    def __init__(self, values: np.ndarray, index: np.ndarray | None, **kwargs):
+    def __init__(self, stored: dict[str, np.ndarray], index: np.ndarray | None, **kwargs):
         super().__init__(**kwargs)
+        values = stored["values"]
         self.dim = values.shape[1]
         self.num_rows = len(index) if index is not None else len(values)
         self.values = tf.Variable(values, trainable=False, name="values")
+        self.scale = tf.Variable(stored["scale"], trainable=False, name="scale") if "scale" in stored else None
+        self.offset = tf.Variable(stored["offset"], trainable=False, name="offset") if "offset" in stored else None
         self.index = None if index is None else tf.Variable(index.astype(np.int32), trainable=False, name="index")
+
+    def stored_variables(self) -> dict[str, tf.Variable]:
+        """The variables holding the table ("values", "index", "scale", "offset"; those it has)."""
+        named = {"values": self.values, "index": self.index, "scale": self.scale, "offset": self.offset}
+        return {k: v for k, v in named.items() if v is not None}
 
     def call(self, rows: tf.Tensor) -> tf.Tensor:
         if isinstance(rows, tf.RaggedTensor):
             return tf.ragged.map_flat_values(self.call, rows)
-        return tf.gather(self.values, rows if self.index is None else tf.gather(self.index, rows))
+        rows = rows if self.index is None else tf.gather(self.index, rows)
+        if self.scale is None:
+            return dequantize_rows(tf.gather(self.values, rows))
+        return dequantize_rows(tf.gather(self.values, rows), tf.gather(self.scale, rows), tf.gather(self.offset, rows))
 
 
 @dataclass
@@ -180,34 +205,57 @@ def zero_never_updated(model: JointModel, checkpoint_path: str) -> None:
             slots[label].layer.embeddings.assign(np.where(p.updated[:, None], p.values, 0.0))
 
 
-def prune_model(model: JointModel, checkpoint_path: str) -> list[TablePruning]:
-    """Replace every embedding table of `model` by a `PrunedTable` in place; the report, one entry a table."""
+def round_tables(model: JointModel, embeddings: str) -> None:
+    """Set every table's values in place to what an export in format `embeddings` stores for them,
+    dequantized: the in-memory model an export's signatures must equal. Rows are stored one by one, so a row
+    gets the same values in a compact table as in the full one."""
+    if embeddings == "float32":
+        return
+    for label, slot in table_slots(model).items():
+        table = slot.layer.embeddings
+        table.assign(dequantize(quantize(table.numpy(), embeddings, label)))
+
+
+def prune_model(model: JointModel, checkpoint_path: str, embeddings: str = "float32",
+                prune: bool = True) -> list[TablePruning]:
+    """Replace every embedding table of `model` by a `PrunedTable` in place, its rows stored in the format
+    `embeddings`; the report, one entry a table. `prune=False` keeps every row as trained (only the format
+    changes)."""
     slots = table_slots(model)
+    if prune:
+        plans = prune_plan(model, checkpoint_path)
+    else:
+        values = {label: slot.layer.embeddings.numpy() for label, slot in slots.items()}
+        plans = {label: TablePlan(v, np.ones(len(v), bool), None) for label, v in values.items()}
     report = []
-    for label, p in prune_plan(model, checkpoint_path).items():
+    for label, p in plans.items():
         slot = slots[label]
         kept_rows = np.flatnonzero(p.keep)
         rows, dim = p.values.shape
         never = int((~p.updated).sum()) if p.updated is not None else 0
-        entry = TablePruning(slot.label, rows, dim, rows - len(kept_rows) - never, never, len(kept_rows))
-        if entry.compact:
+        layout = TablePruning(slot.label, rows, dim, rows - len(kept_rows) - never, never, len(kept_rows),
+                              embeddings)
+        if layout.compact:
             index = np.full(rows, ZERO_ROW, np.int32)
             index[kept_rows] = np.arange(1, len(kept_rows) + 1, dtype=np.int32)
             values = np.concatenate([np.zeros((1, dim), np.float32), p.values[kept_rows]])
         else:
             values, index = np.where(p.keep[:, None], p.values, 0.0).astype(np.float32), None
-        slot.holder[slot.key] = PrunedTable(values, index, name=f"pruned_{slot.label.replace('/', '_')}")
-        report.append(entry)
+        stored = quantize(values, embeddings, slot.label)
+        error = float(np.max(np.abs(dequantize(stored) - values), initial=0.0))
+        slot.holder[slot.key] = PrunedTable(stored, index, name=f"pruned_{slot.label.replace('/', '_')}")
+        report.append(TablePruning(**{**asdict(layout), "max_abs_error": error}))
     return report
 
 
 def report_table(report: list[TablePruning]) -> str:
-    """A text table of the pruning report, with totals."""
+    """A text table of the pruning report (bytes before: float32 as trained; after: as stored), with totals."""
     lines = [f"{'table':<24}{'rows':>9}{'kept':>9}{'zero':>9}{'unseen':>9}{'bytes before':>14}{'after':>12}"
-             "  layout"]
+             f"  {'layout':<9}{'format':<9}max |error|"]
     for r in report:
         lines.append(f"{r.table:<24}{r.rows:>9}{r.kept:>9}{r.zero_rows:>9}{r.never_updated:>9}"
-                     f"{r.bytes_before:>14,}{r.bytes_after:>12,}  {'compact' if r.compact else 'plain'}")
+                     f"{r.bytes_before:>14,}{r.bytes_after:>12,}  {'compact' if r.compact else 'plain':<9}"
+                     f"{r.embeddings:<9}{r.max_abs_error:.3g}")
     before, after = sum(r.bytes_before for r in report), sum(r.bytes_after for r in report)
     lines.append(f"{'total':<24}{sum(r.rows for r in report):>9}{sum(r.kept for r in report):>9}"
                  f"{sum(r.zero_rows for r in report):>9}{sum(r.never_updated for r in report):>9}"
