@@ -121,11 +121,14 @@ class ServedModel:
         """Switch the user vector to the ONNX user tower if it is this export's model and agrees with it."""
         feeds = RawFeeds(onnx_dir, "user_vector")
         doc = feeds.doc
+        formats = (doc.get("embeddings", "float32"), self.manifest.get("embeddings", "float32"))
         same = doc.get("checkpoint") == self.manifest["checkpoint"] and \
-            doc.get("spec_fingerprint") == self.manifest["spec_fingerprint"] and self.manifest["pruned"]
+            doc.get("spec_fingerprint") == self.manifest["spec_fingerprint"] and self.manifest["pruned"] and \
+            formats[0] == formats[1]
         if not same:
-            self.onnx_note = (f"{onnx_dir} was exported from {doc.get('checkpoint')}, not this export's "
-                              f"{self.manifest['checkpoint']} (pruned: {self.manifest['pruned']})")
+            self.onnx_note = (f"{onnx_dir} was exported from {doc.get('checkpoint')} ({formats[0]} tables), not "
+                              f"this export's {self.manifest['checkpoint']} (pruned: {self.manifest['pruned']}, "
+                              f"{formats[1]} tables)")
             return
         session = user_tower_session(onnx_dir, feeds)
         want, _ = self.savedmodel_user_vector(user)
