@@ -165,7 +165,10 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
            "user_embedding x1" in out
     assert f"{result.path}: verified" in out
     # pruning's effect as a metric: the checkpoint as trained (unseen ids read their initial rows) vs the export
-    assert "AUC on the same 512 rows, checkpoint as trained -> export (pruning's effect):" in out
+    assert "AUC on the same 512 rows, checkpoint as trained -> export (pruning's and the float32 format's " \
+           "effect):" in out
+    # every stored row read back from the export: float32 rows are the checkpoint's exactly
+    assert "stored rows (float32) vs the checkpoint's" in out and "  user_author" in out and "FAIL" not in out
     for label in ("student click", "teacher click", "teacher long_view", "teacher like"):
         line = next(line for line in out.splitlines() if line.startswith(f"  {label}: "))
         trained, served, change = (float(x) for x in re.findall(r"[-+]?\d\.\d{4}", line))
@@ -180,6 +183,7 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
     try:
         verification = verify_export(result.path, data, batches=1)
         assert not verification.ok and max(verification.max_diff.values()) > 1e-3
+        assert sum(bad for _, bad in verification.rows_checked.values()) > 0  # stored rows are not step 6's
     finally:
         with open(manifest_path, "w") as fh:
             json.dump(manifest, fh)
@@ -351,7 +355,11 @@ def test_a_student_only_export_holds_the_students_signatures_and_tables_only(exp
     assert any(buckets in s for s in full_shapes) and not any(buckets in s for s in shapes)
     assert len(shapes) < len(full_shapes)  # (113 -> 67 here) no teacher experts, gates, task towers, attention
     assert student.variables_bytes_after < full.variables_bytes_after / 2
-    assert replay_warmup(tf.saved_model.load(student.path).signatures, student.path)["prerank_vectors"] == 1
+    loaded = tf.saved_model.load(student.path)
+    assert replay_warmup(loaded.signatures, student.path)["prerank_vectors"] == 1
+    # the stored tables verify-export reads back: the student's only
+    assert {"video", "user", "augment/item"} <= set(loaded.embedding_tables) and \
+        "user_author" not in loaded.embedding_tables
     # the fingerprint: the checkpoint's content, the spec and the options; recomputable, and the two differ
     options = manifest["export_options"]
     assert manifest["fingerprint"] == export_fingerprint(checkpoint_digest(manifest["checkpoint"]),
