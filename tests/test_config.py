@@ -194,7 +194,7 @@ def test_a_separate_config_file_replaces_the_spec_sections(tmp_path):
     spec = load_spec(write(tmp_path, SPEC))
     config = load_config(spec, write(tmp_path, config_text, "config.yaml"), ["training.max_steps=9"])
     assert config.training.batch_size == 64 and config.model.student.similarity == Component("cosine")
-    assert config.model.student.user_tower == [512, 128, 64, 32]  # the spec's sections are not read
+    assert config.model.student.user_tower == [128, 64, 32]  # the spec's sections are not read
     assert config.training.max_steps == 9
     # Errors name the config file and its lines; a key that is neither section is an error there.
     _, lines = errors(SPEC, tmp_path, config_text=config_text.replace("64", "-64") + "trainig: {seed: 1}\n")
@@ -213,13 +213,13 @@ def test_config_changes_list_what_differs_except_resumable_keys():
     base = Config()
     longer = dataclasses.replace(base, training=dataclasses.replace(
         base.training, max_steps=1000, epochs=3, log_every=1, checkpoint_every=7, keep_checkpoints=9, eval_every=5,
-        eval_batches=2, progress=False))
+        eval_batches=2, progress=False, steps_per_call=3))
     assert config_changes(base.to_dict(), longer.to_dict()) == []
     other = dataclasses.replace(longer, model=dataclasses.replace(
         base.model, student=dataclasses.replace(base.model.student, similarity="cosine", user_tower=[8, 4])),
         training=dataclasses.replace(longer.training, seed=5, batch_size=32))
     assert config_changes(base.to_dict(), other.to_dict()) == [
-        'model.student.similarity: "dot" -> "cosine"', "model.student.user_tower: [512, 128, 64, 32] -> [8, 4]",
+        'model.student.similarity: "dot" -> "cosine"', "model.student.user_tower: [128, 64, 32] -> [8, 4]",
         "training.batch_size: 1024 -> 32", "training.seed: 0 -> 5"]
     # Keys named like a resumable one elsewhere are not exempt; keys only on one side are changes.
     assert config_changes({"model": {"max_steps": 1}}, {"model": {"max_steps": 2}}) == ["model.max_steps: 1 -> 2"]

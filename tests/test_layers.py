@@ -151,6 +151,30 @@ def test_mmoe_gates_sum_to_one_and_each_task_has_one_output_per_row():
         np.testing.assert_allclose(out[task], mmoe.towers[task](mixed).numpy()[:, 0], rtol=1e-5, atol=1e-6)
 
 
+def test_mmoe_once_built_computes_first_layers_and_gates_in_one_matmul_with_the_same_values_and_gradients():
+    encoded = {"a": _normal([7, 3], 1), "b": _normal([7, 5], 2)}
+    mmoe = MMoE(["a", "b"], ["click", "watch_time"], experts=3, expert_layers=[8, 6], task_tower=[4])
+    x = tf.concat([encoded["a"], encoded["b"]], axis=-1)
+
+    def layer_by_layer() -> dict[str, tf.Tensor]:  # the first call's way
+        experts = tf.stack([e(x) for e in mmoe.experts], axis=1)
+        return {t: mmoe.towers[t](tf.reduce_sum(experts * mmoe.gate_weights(t, x)[:, :, None], axis=1))[:, 0]
+                for t in mmoe.tasks}
+
+    results = []
+    for forward in (lambda: mmoe(encoded), layer_by_layer, lambda: mmoe(encoded)):  # build, reference, one matmul
+        with tf.GradientTape() as tape:
+            out = forward()
+            loss = out["click"] * 2.0 + out["watch_time"]
+        results.append((out, tape.gradient(loss, mmoe.trainable_variables)))
+    assert len(mmoe.trainable_variables) == 3 * 4 + 2 * 2 + 2 * 4  # experts, gates, towers: nothing new
+    (_, _), (reference, grads), (fused, fused_grads) = results
+    for task in mmoe.tasks:
+        np.testing.assert_allclose(fused[task], reference[task], rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused_grads, grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_mmoe_first_layer_by_parts_adds_up_to_its_outputs():
     encoded = {"user": _normal([6, 3], 1), "item": _normal([6, 4], 2), "pair": _normal([6, 2], 3)}
     mmoe = MMoE(["user", "item", "pair"], ["click", "like"], experts=3, expert_layers=[8, 5], task_tower=[4])

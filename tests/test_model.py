@@ -652,6 +652,33 @@ def _slot(optimizer, variable, name):
         return None
 
 
+@pytest.mark.slow
+def test_steps_per_call_train_the_weights_of_single_steps_and_keep_logs_on_their_steps(world, fitted, tmp_path):
+    """k steps in one graph call (a loop over the batches inside it) are the very steps of k calls of one step: the
+    same weights and optimizer slots, bit for bit, with logs on the configured steps, rows counted, and the run's
+    end (max_steps) found inside a call."""
+    def run(name: str, steps_per_call: int) -> list[np.ndarray]:
+        c = load_config(world.spec, None, BASE + ["training.deterministic=true", "training.max_steps=5",
+                                                  "training.log_every=2", "model.id_dropout=0.1",
+                                                  f"training.steps_per_call={steps_per_call}"])
+
+        def model() -> JointModel:
+            tf.keras.utils.set_random_seed(0)  # as the job does: the same initial weights
+            return JointModel(world.spec, fitted, c, name="joint")
+
+        loop = Loop(world.spec, c, str(tmp_path / name), tf.distribute.get_strategy(), model, world.eval, None)
+        result = loop.run()
+        assert (result.step, result.examples) == (5, 5 * BATCH)
+        with open(tmp_path / name / HISTORY_FILE) as fh:
+            assert [row["step"] for row in map(json.loads, fh) if "examples_per_sec" in row] == [2, 4]
+        return [v.numpy() for v in loop.model.variables + loop.ftrl.variables() + loop.adagrad.variables()]
+
+    single, looped = run("single", 1), run("looped", 3)  # looped: calls of 2 (to each log), 2, then 1 (max_steps)
+    assert len(single) == len(looped) > 20
+    for i, (a, b) in enumerate(zip(single, looped)):
+        np.testing.assert_array_equal(b, a, err_msg=str(i))
+
+
 # ---- 8. id dropout: the OOV rows learn ----------------------------------------------------------------
 
 def test_id_dropout_acts_in_training_only_on_categorical_ids_and_is_seeded(world, fitted, batch):

@@ -49,6 +49,37 @@ def test_weights_depend_on_the_candidate_and_ignore_padding():
                                rtol=1e-5, atol=1e-6)
 
 
+def _padded_attention(attention: TargetAttention, history: tf.RaggedTensor, target: tf.Tensor) -> tf.Tensor:
+    """The pooling in its padded form: the scoring MLP on the concatenated (k, q, k - q, k * q) [B, L, 4d]."""
+    keys = history.to_tensor()
+    mask = tf.sequence_mask(history.row_lengths(), tf.shape(keys)[1])
+    query = tf.broadcast_to(target[:, None, :], tf.shape(keys))
+    logits = tf.squeeze(attention.score(tf.concat([keys, query, keys - query, keys * query], axis=-1)), -1)
+    weights = tf.where(mask, tf.nn.softmax(tf.where(mask, logits, tf.float32.min), axis=-1), 0.0)
+    return tf.reduce_sum(keys * weights[:, :, None], axis=1)
+
+
+def test_flat_pooling_equals_the_padded_form_with_its_gradients():
+    attention = TargetAttention(hidden=8)
+    rng = np.random.default_rng(2)
+    history = _history([rng.normal(size=(n, 4)).tolist() for n in (3, 0, 7, 1)])  # an empty one too
+    target = tf.constant(rng.normal(size=(4, 4)), tf.float32)
+    projection = tf.constant(rng.normal(size=(4, 4)), tf.float32)
+    results = []
+    for pool in (attention, lambda h, t: _padded_attention(attention, h, t)):
+        with tf.GradientTape() as tape:
+            tape.watch([history.flat_values, target])
+            pooled = pool(history, target)
+            loss = tf.reduce_sum(pooled * projection)
+        grads = tape.gradient(loss, [history.flat_values, target, *attention.trainable_variables])
+        results.append((pooled.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]))
+    assert len(attention.trainable_variables) == 4  # the scoring MLP's kernels and biases, either way
+    (flat, flat_grads), (padded, padded_grads) = results
+    np.testing.assert_allclose(flat, padded, rtol=1e-5, atol=1e-6)
+    for a, b in zip(flat_grads, padded_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_one_history_against_many_candidates_pools_as_each_pair_would():
     attention = TargetAttention(hidden=8)
     rng = np.random.default_rng(2)

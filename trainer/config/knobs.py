@@ -72,9 +72,10 @@ class DualAugmentedConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    user_tower: list[int] = knob([512, 128, 64, 32], "user tower layer sizes; the last is the vector size",
+    user_tower: list[int] = knob([128, 64, 32], "user tower layer sizes; the last is the vector size (the default "
+                                                "was chosen on the KuaiRand tuning split: README, Training benchmark)",
                                  minimum=1, maximum=MAX_LAYER_SIZE)
-    item_tower: list[int] = knob([512, 128, 64, 32], "item tower layer sizes; the last must equal the user's",
+    item_tower: list[int] = knob([128, 64, 32], "item tower layer sizes; the last must equal the user's",
                                  minimum=1, maximum=MAX_LAYER_SIZE)
     towers: list[Component] = knob([Component("mlp")], "parallel towers per side, fused with learned weights "
                                    "(built-in: mlp, dcn, fm; or a registered tower)", registry=TOWERS)
@@ -191,6 +192,11 @@ class TrainingConfig:
     seed: int = knob(0, "seed of initialisation and shuffling")
     deterministic: bool = knob(False, "read and shuffle the training data in a fixed, seeded order (every epoch "
                                       "alike), so a run, and a resumed run, can be reproduced exactly; slower")
+    steps_per_call: int = knob(10, "training steps run by one call of the compiled step (a loop over the batches "
+                                   "inside the graph: fewer Python round trips); a call ends early at the steps where "
+                                   "a log, evaluation or checkpoint is due, so they land on the same steps, and the "
+                                   "weights are the same for any value; single worker (a multi-worker job runs one "
+                                   "step a call)", minimum=1, maximum=10_000)
     log_every: int = knob(50, "steps between TensorBoard scalars / history lines", minimum=1)
     checkpoint_every: int = knob(500, "steps between checkpoints", minimum=1)
     keep_checkpoints: int = knob(3, "checkpoints kept", minimum=1)

@@ -69,7 +69,14 @@ def record_origins(ids: tf.Tensor, files: list[str] | tf.Tensor, fmt: str) -> tf
 def clean_message(message: str) -> str:
     """The part of a TensorFlow error message that says what is wrong (drops function names, the
     tf.data iterator path, op names and node lists)."""
-    line = (message or "").strip().splitlines()[0] if (message or "").strip() else "data error"
+    lines = [x for x in (message or "").strip().splitlines() if x.strip()]
+    if lines and lines[0].startswith("Graph execution error:"):  # raised inside a compiled function (the loop's)
+        lines = lines[1:]
+        if lines and lines[0].startswith("Detected at node"):  # then its stack trace, indented
+            lines = lines[1:]
+            while lines and (lines[0][:1].isspace() or lines[0].startswith("<stack traces unavailable>")):
+                lines = lines[1:]
+    line = lines[0] if lines else "data error"
     line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
     line = re.sub(r"^.*?Iterator::[\w:]+: ", "", line)
     line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line)

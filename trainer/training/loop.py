@@ -16,6 +16,12 @@ others into a scratch folder, removed at the end); only the chief evaluates and
 writes logs, and it runs no collective op while doing so. The workers' input
 positions are not saved: a resumed multi-worker job restarts its data.
 
+A single worker runs `training.steps_per_call` steps per call of its compiled step (`make_train_steps`: a loop
+over the batches inside the graph, taking them from the input iterator there), ending a call early where a log,
+evaluation or checkpoint is due and at the end of the data: logs, evaluations and checkpoints land on the
+configured steps, the checkpointed input position is that of the step, and every step runs the same graph
+whatever the steps per call, so the weights do not depend on it (nor on where a resumed job's calls start).
+
 MODEL_DIR/history.jsonl holds each (step, key) once: a resumed job first drops
 the lines of the steps after its checkpoint (which it trains again), and a value
 logged again at the same step (the final validation after one at that step) is
@@ -125,7 +131,8 @@ class Loop:
             shutil.rmtree(self.scratch, ignore_errors=True)  # left by a killed job; never restored from
         remove_partial_checkpoints(checkpoint_dir(worker_dir(model_dir, strategy)))
         self.writer = tf.summary.create_file_writer(os.path.join(model_dir, TENSORBOARD_DIR)) if self.chief else None
-        self._train_step = None
+        self._train_step = None  # run() compiles it: make_train_steps (single worker) or make_train_step
+        self._call_losses: dict[str, tf.Tensor] = {}
 
     def _build(self) -> dict:
         """Create every variable eagerly (on a few rows), before routing and checkpoint restore; the rows."""
@@ -144,10 +151,11 @@ class Loop:
 
         def replica_gradients() -> tf.Tensor:  # in a replica context: distributed variables need one
             with tf.GradientTape() as tape:
-                loss = self.model.compute_losses(batch, tf.constant(0, tf.int64), training=True,
-                                                 seed=tf.constant([0, 0], tf.int64))["loss/total"]
-            updated.extend(g is not None for g in tape.gradient(loss, routing.embedding + routing.dense))
-            return loss
+                losses = self.model.compute_losses(batch, tf.constant(0, tf.int64), training=True,
+                                                   seed=tf.constant([0, 0], tf.int64))
+            updated.extend(g is not None for g in tape.gradient(losses["loss/total"], routing.embedding + routing.dense))
+            self._loss_specs = {k: tf.TensorSpec([], v.dtype) for k, v in losses.items()}  # make_train_steps' carry
+            return losses["loss/total"]
 
         self.strategy.run(replica_gradients)
         n = len(routing.embedding)
@@ -230,7 +238,9 @@ class Loop:
         return None
 
     # ---- one step ----
-    def make_train_step(self):
+    def _step_function(self) -> Callable[[dict], dict[str, tf.Tensor]]:
+        """One training step on a batch (not compiled): losses under the tape, FTRL and AdaGrad applied, the step
+        counted; the losses averaged over the replicas."""
         model, ftrl, adagrad, step = self.model, self.ftrl, self.adagrad, self.step
         replicas = self.strategy.num_replicas_in_sync
         routing = route_variables(model)
@@ -248,17 +258,62 @@ class Loop:
             adagrad.apply_gradients([(g, v) for g, v in zip(grads[n:], routing.dense) if g is not None])
             return losses
 
-        # No AutoGraph: the model's code branches on config values only (tensor logic uses tf ops), and
-        # converting it all took most of a job's start-up (~10 s of a 1.5 s trace).
-        @tf.function(autograph=False)
-        def train_step(batch: dict) -> dict[str, tf.Tensor]:
+        def one_step(batch: dict) -> dict[str, tf.Tensor]:
             per_replica = self.strategy.run(replica_step, args=(batch,))
             losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
                       for k, v in per_replica.items()}
             step.assign_add(1)
             return losses
 
-        return train_step
+        return one_step
+
+    def make_train_step(self) -> Callable[[dict], dict[str, tf.Tensor]]:
+        """The compiled step on one batch (the multi-worker loop's): train_step(batch) -> the step's losses."""
+        # No AutoGraph: the model's code branches on config values only (tensor logic uses tf ops), and
+        # converting it all took most of a job's start-up (~10 s of a 1.5 s trace).
+        return tf.function(self._step_function(), autograph=False)
+
+    def make_train_steps(self) -> Callable:
+        """The compiled loop of steps (a single worker's): train_steps(iterator, n) takes up to `n` batches from the
+        input iterator inside the graph and trains a step on each; it returns (the last step's losses, the rows
+        trained, whether the data ended). Every step is the same graph, whatever `n`."""
+        one_step, specs = self._step_function(), self._loss_specs
+        rows_of = self._rows_tensor
+
+        def train_steps(iterator, n: tf.Tensor):
+            def body(i, rows, ended, losses):
+                optional = iterator.get_next_as_optional()
+
+                def train():
+                    batch = optional.get_value()
+                    return rows + rows_of(batch), tf.constant(False), one_step(batch)
+
+                def end():
+                    return rows, tf.constant(True), losses
+
+                return (i + 1, *tf.cond(optional.has_value(), train, end))
+
+            zeros = {k: tf.zeros(v.shape, v.dtype) for k, v in specs.items()}
+            _, rows, ended, losses = tf.while_loop(
+                lambda i, rows, ended, losses: tf.logical_and(i < n, tf.logical_not(ended)), body,
+                (tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(False), zeros))
+            return losses, rows, ended
+
+        return tf.function(train_steps, autograph=False)
+
+    def _rows_tensor(self, batch: dict) -> tf.Tensor:
+        """The rows of a (distributed) batch across all replicas, as a tensor (what `_global_rows` counts)."""
+        weights = self.strategy.experimental_local_results(batch["sample_weight"])
+        local = tf.add_n([tf.shape(w, out_type=tf.int64)[0] for w in weights])
+        return local * (self.strategy.num_replicas_in_sync // max(len(weights), 1))
+
+    def _steps_to_next_event(self, step: int) -> int:
+        """The steps a call may run from `step`: `training.steps_per_call`, cut at the next step where a log,
+        evaluation or checkpoint is due, or the run ends."""
+        t = self.training
+        every = [t.log_every, t.checkpoint_every] + ([self.eval_every] if self.eval_every else [])
+        n = min([t.steps_per_call] + [e - step % e for e in every])
+        return min(n, self.total_steps - step) if self.total_steps is not None else n
 
     # ---- the loop ----
     @property
@@ -323,24 +378,24 @@ class Loop:
                                                                resumed_from or 0))
         saved_step = resumed_from  # every worker must save at the same steps: decide on what they all know
         if self._train_step is None:
-            self._train_step = self.make_train_step()
-        start_step = int(self.step.numpy())
+            self._train_step = self.make_train_step() if self.multi_worker else self.make_train_steps()
+        start_step = step = int(self.step.numpy())
         progress = self._progress(start_step)
         started, examples, last = time.time(), 0, {}
         window_start, window_examples = time.time(), 0
-        while self.total_steps is None or int(self.step.numpy()) < self.total_steps:
-            batch = self._next_batch()
-            if batch is None:
+        while self.total_steps is None or step < self.total_steps:
+            ran, rows, ended = self._train_call(step)
+            if ran:
+                losses = self._call_losses
+            step += ran
+            examples += rows
+            window_examples += rows
+            if ran and progress is not None:
+                progress.update(ran)
+            if ended:
                 if self._next_epochs():
                     continue
                 break
-            losses = self._train_step(batch)
-            step = int(self.step.numpy())
-            rows = self._global_rows(batch)
-            examples += rows
-            window_examples += rows
-            if progress is not None:
-                progress.update(1)
             if step % t.log_every == 0:
                 last = {k: float(v) for k, v in losses.items()}
                 now = time.time()
@@ -374,6 +429,23 @@ class Loop:
         if not last and step > start_step:
             last = {k: float(v) for k, v in losses.items()}
         return LoopResult(step, step - start_step, examples, time.time() - started, resumed_from, last)
+
+    def _train_call(self, step: int) -> tuple[int, int, bool]:
+        """One call of the compiled step(s) from `step`: (steps run, rows trained, whether the data ended); the last
+        step's losses go into `_call_losses`. Multi-worker: one step on the next batch (the data repeat)."""
+        if self.multi_worker:
+            batch = self._next_batch()
+            if batch is None:
+                return 0, 0, True
+            self._call_losses = self._train_step(batch)
+            return 1, self._global_rows(batch), False
+        n = tf.constant(self._steps_to_next_event(step), tf.int64)
+        with translate_errors(self.spec, self.reading.files, self.reading.plan):
+            losses, rows, ended = self._train_step(self.iterator, n)
+            ran = int(self.step.numpy()) - step
+        if ran:
+            self._call_losses = losses
+        return ran, int(rows), bool(ended)
 
     def evaluate(self, step: int) -> dict[str, float]:
         if self.on_evaluate is None or not self.chief:
