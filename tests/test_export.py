@@ -16,7 +16,7 @@ import tensorflow as tf
 from serving.item_store.embed import embed_items
 from serving.savedmodel.layout import MANIFEST, checkpoint_digest, export_fingerprint, read_manifest, versions
 from serving.item_store.reader import ItemVectorStore
-from serving.savedmodel.prune import PrunedTable, prune_model, zero_never_updated
+from serving.savedmodel.prune import PrunedTable, prune_model, apply_pruning
 from serving.savedmodel.signatures import input_columns, serving_inputs, tower_columns
 from serving.savedmodel.verify import verify_export
 from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
@@ -43,7 +43,7 @@ def test_pruned_model_equals_the_trained_model_on_held_out_data(trained_small, k
     pruned = load_trained(spec, model_dir, data)
     report = {r.table: r for r in prune_model(pruned, pruned.checkpoint_path)}
     as_trained = predict(reference, kuairand_heldout)
-    zero_never_updated(reference, reference.checkpoint_path)
+    apply_pruning(reference, reference.checkpoint_path)
     # both kinds of pruned rows occur: L1 zeros and hash buckets no (user, author) pair fell in
     assert sum(r.zero_rows for r in report.values()) > 0
     assert report["user_author"].never_updated > 100_000 and report["user_author"].compact
@@ -303,7 +303,7 @@ def test_a_distilled_students_frozen_teacher_tables_are_pruned_with_the_teachers
     student = load_trained(spec, student_dir, data)
     reference = load_trained(spec, student_dir, data)
     report = {r.table: r for r in prune_model(student, student.checkpoint_path)}
-    zero_never_updated(reference, reference.checkpoint_path)
+    apply_pruning(reference, reference.checkpoint_path)
     # the frozen copy prunes exactly as the teacher's own tables do (read from the teacher's FTRL slots)
     assert report["teacher/user_author"].never_updated == (~teacher_updated).sum() > 100_000
     assert report["teacher/user_author"].kept == (teacher_updated & teacher_values.any(axis=1)).sum()

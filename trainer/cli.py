@@ -241,10 +241,12 @@ def _report(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from serving.savedmodel.export import export_model
-    from serving.savedmodel.prune import report_table
+    from serving.savedmodel.prune import prune_rules, report_table
     from trainer.spec.loader import load_spec
+    rules = prune_rules(args.prune_rows_below, args.prune_norm_below)
     result = export_model(load_spec(args.spec), args.model_dir, args.export_base, args.version, args.data,
-                          prune=not args.no_prune, student_only=args.student_only, embeddings=args.embeddings)
+                          prune=not args.no_prune, student_only=args.student_only, embeddings=args.embeddings,
+                          rules=rules)
     if result.pruning:
         print(report_table(result.pruning))
     if result.variables_bytes_before is not None:
@@ -283,8 +285,11 @@ def _verify_export(args: argparse.Namespace) -> None:
 
 def _onnx(args: argparse.Namespace) -> None:
     from serving.onnx.export import export_onnx
+    from serving.savedmodel.prune import prune_rules
     from trainer.spec.loader import load_spec
-    result = export_onnx(load_spec(args.spec), args.model_dir, args.out, args.data, embeddings=args.embeddings)
+    rules = prune_rules(args.prune_rows_below, args.prune_norm_below)
+    result = export_onnx(load_spec(args.spec), args.model_dir, args.out, args.data, embeddings=args.embeddings,
+                         rules=rules)
     print(f"{', '.join(sorted(result.graphs))} -> {result.path} (inputs.json and README.md describe the inputs)")
 
 
@@ -367,6 +372,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--preprocessing", metavar="DIR",
                      help="train with this `prerank analyze` output instead of fitting; refused unless each of its "
                           "tables and statistics was fitted as the spec defines it")
+
+
+def add_prune_rules(p: argparse.ArgumentParser) -> None:
+    """The export's opt-in pruning rules (`serving.savedmodel.prune.prune_rules` checks the values)."""
+    p.add_argument("--prune-rows-below", metavar="N",
+                   help="drop the rows training read fewer than N times (the checkpoint's usage counts); their ids "
+                        "read the table's learned out-of-vocabulary row. Opt-in: it changes scores")
+    p.add_argument("--prune-norm-below", metavar="X",
+                   help="drop the rows whose L2 norm is below X; their ids read the zero row. Opt-in: it changes "
+                        "scores")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", default="float32", metavar="FORMAT",
                    help="how the kept rows are stored: float32 (as trained, the default), float16, or int8 with "
                         "a float16 scale and offset per row; dequantized in the graph at lookup")
+    add_prune_rules(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("verify-export", help="load an export as TF Serving would, run its warmup requests and "
@@ -533,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_globs(p, "--data", "rows for the parity check (default: the spec's data.eval)")
     p.add_argument("--embeddings", default="float32", metavar="FORMAT",
                    help="how the kept rows are stored, as in `prerank export`: float32 (default), float16, int8")
+    add_prune_rules(p)
     p.set_defaults(func=_onnx)
 
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")

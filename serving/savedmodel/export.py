@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from serving.savedmodel.layout import MANIFEST, MODEL_NAME, checkpoint_digest, directory_bytes, export_fingerprint, versions
-from serving.savedmodel.prune import TablePruning, prune_model
+from serving.savedmodel.prune import PruneRules, TablePruning, check_counted, prune_model
 from serving.savedmodel.quantize import check_format
 from serving.savedmodel.input_checks import input_rule
 from serving.savedmodel.requests import call_signature
@@ -58,7 +58,7 @@ def save_module(module: ServingModule, path: str) -> None:
 def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int | None = None,
                  sample_data: str | list[str] | None = None, prune: bool = True, measure_unpruned: bool = True,
                  log: Callable[[str], None] = print, student_only: bool = False,
-                 embeddings: str = "float32") -> ExportResult:
+                 embeddings: str = "float32", rules: PruneRules = PruneRules()) -> ExportResult:
     """Export the latest checkpoint of `model_dir` as BASE/<version>; nothing is left behind if it fails.
 
     Args:
@@ -74,13 +74,17 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         prerank_vectors) and the tables they read: no teacher, no cross or privileged tables.
       embeddings: how the kept rows are stored (`serving.savedmodel.quantize`): "float32" (as trained),
         "float16", or "int8" with a per-row float16 scale and offset; dequantized in the graph at lookup.
+      rules: the opt-in pruning rules (`prune.PruneRules`: rows read fewer than N times in training read the
+        table's OOV row; rows of a small L2 norm read zeros); they need `prune`.
     """
     spec = as_spec(spec)
     check_format(embeddings)
     if version is not None and version <= 0:
         raise ConfigError.single("--version", "", f"expected a positive integer (TF Serving's versions), "
                                  f"got {version}")
-    trained_checkpoint(model_dir)  # an untrained or damaged model directory is refused before BASE is created
+    _, latest = trained_checkpoint(model_dir)  # an untrained or damaged model directory is refused before BASE is
+    if rules.rows_below is not None:  # created; so is usage pruning of a model trained before counting existed
+        check_counted(latest, rules)
     os.makedirs(base_dir, exist_ok=True)
     remove_stale_temporaries(base_dir)
     existing = versions(base_dir)
@@ -100,7 +104,7 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
             save_module(ServingModule(model, student_only=student_only), temp + ".unpruned")
             before = directory_bytes(os.path.join(temp + ".unpruned", "variables"))
             shutil.rmtree(temp + ".unpruned")
-        pruning = prune_model(model, checkpoint, embeddings, prune) if compressed else []
+        pruning = prune_model(model, checkpoint, embeddings, prune, rules) if compressed else []
         module = ServingModule(model, student_only=student_only)
         log(f"writing {temp} ...")
         save_module(module, temp)
@@ -114,6 +118,8 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         replay_warmup(module.functions, temp)  # TF Serving would refuse to load a version whose warmup fails
         after = directory_bytes(os.path.join(temp, "variables"))
         options = {"pruned": prune, "student_only": student_only, "input_checks": True, "embeddings": embeddings}
+        if rules != PruneRules():  # absent otherwise: the fingerprints of exports without rules stay as they were
+            options["prune_rules"] = rules.as_dict()
         fingerprint = export_fingerprint(checkpoint_digest(checkpoint), spec.fingerprint, options)
         columns = input_columns(spec, "user") + input_columns(spec, "item") if student_only else \
             input_columns(spec, "all")
@@ -122,7 +128,7 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
             "model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
             "spec": os.path.abspath(spec.path), "spec_fingerprint": spec.fingerprint, "warmup_data": sample_data,
             "signatures": sorted(module.functions), "pruned": prune, "student_only": student_only,
-            "embeddings": embeddings,
+            "embeddings": embeddings, "prune_rules": rules.as_dict(),
             "fingerprint": fingerprint, "export_options": options,
             "vector_dim": model.config.model.student.user_tower[-1] if model.has_student else None,
             # what evaluating the export needs besides its signatures (`evaluation.ExportScorer`)

@@ -75,7 +75,11 @@ def quantize(values: np.ndarray, embeddings: str, table: str = "") -> dict[str, 
 
 
 def dequantize(stored: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 rows from `quantize`'s arrays, computed as the lookup computes them (`dequantize_rows`)."""
+    """float32 rows from `quantize`'s arrays (or an export's, whose scale and offset are one [rows, 2]
+    "scale_offset"), computed as the lookup computes them (`dequantize_rows`)."""
+    if "scale_offset" in stored:
+        stored = {"values": stored["values"], "scale": stored["scale_offset"][:, 0],
+                  "offset": stored["scale_offset"][:, 1]}
     return dequantize_rows(stored["values"], stored.get("scale"), stored.get("offset")).numpy()
 
 

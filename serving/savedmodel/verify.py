@@ -6,8 +6,8 @@ garbled or foreign file is an ExportError naming it), lists its signatures (as
 runs every warmup request through its signature (each signature must have
 one, and none may be refused), and compares every signature's outputs with the
 trained model's on a sample of evaluation data. The reference is the trained
-checkpoint with never-updated rows set to zero (the export's treatment of
-never-seen ids) and, for a float16 or int8 export, every row stored and
+checkpoint with each row set to what the export reads for it (`prune.apply_pruning`: never-updated rows
+zero, and with the export's rules rare rows their OOV row, small rows zero) and, for a float16 or int8 export, every row stored and
 dequantized as the export stores it (`prune.round_tables`), so any difference
 beyond TOLERANCE is an export error. Every stored row of the export, read back
 from its variables and dequantized, must also lie within half a quantization
@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from serving.savedmodel.layout import MANIFEST, resolve_version_dir
 from serving.savedmodel.opening import export_spec, open_export
-from serving.savedmodel.prune import ZERO_ROW, round_tables, table_slots, zero_never_updated
+from serving.savedmodel.prune import ZERO_ROW, PruneRules, apply_pruning, round_tables, table_slots
 from serving.savedmodel.quantize import FORMATS, dequantize, half_step
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import fine_rank_outputs
@@ -120,8 +120,9 @@ def verify_export(path: str, data: str | list[str] | None = None, batches: int =
     read = [batch for _, batch in zip(range(batches), pipeline)]
     scored = [n for n in ("pairwise", "fine_rank") if n in names]
     as_trained = [{n: reference_outputs(model, n, b["features"], _rows(b)) for n in scored} for b in read]
-    if manifest["pruned"]:  # the reference from here on: never-updated rows read zeros, as in the export
-        zero_never_updated(model, manifest["checkpoint"])
+    if manifest["pruned"]:  # the reference from here on: each row reads what the export reads for it (dropped
+        # rows zeros, rows dropped as rare their OOV row)
+        apply_pruning(model, manifest["checkpoint"], PruneRules(**manifest.get("prune_rules") or {}))
     result.embeddings = _embeddings(export_dir, manifest)
     result.rows_checked = check_stored_rows(model, loaded, result.embeddings)
     round_tables(model, result.embeddings)  # ... and every row is what the export stores, dequantized
