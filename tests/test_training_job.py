@@ -307,8 +307,14 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, 
     assert evaluated == [4, steps]  # eval_every 4, then the final validation
     assert not os.path.exists(os.path.join(model_dir, "workers"))  # the other worker's scratch checkpoints
     assert_nothing_half_written(model_dir)
-    # Usage counts are summed over the workers: each read half of every global batch
-    assert int(usage_counts(model_dir)["embedding_user"].sum()) == steps * BATCH
+    # Usage counts are summed over the workers: each read half of every global batch; the chief logs the rows
+    # read at least once (TensorBoard's usage/ scalars)
+    counts = usage_counts(model_dir)["embedding_user"]
+    assert int(counts.sum()) == steps * BATCH
+    with open(os.path.join(model_dir, "history.jsonl")) as fh:
+        seen = [row for row in map(json.loads, fh) if "usage/rows_seen/user" in row]
+    assert seen[-1]["step"] == steps and seen[-1]["usage/rows_seen/user"] == np.count_nonzero(counts)
+    assert seen[-1]["usage/rows_seen_share/user"] == pytest.approx(np.count_nonzero(counts) / len(counts))
 
     # The multi-worker checkpoint (no input position in it) resumes on a single worker.
     monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -1,8 +1,10 @@
 """What each way of storing the tables costs and saves, measured on the exports themselves.
 
-One trained model is exported several times (`Variant`: float32 unpruned, float32 zero-pruned, float16, int8);
-each export's student is scored through its own SavedModel (`evaluate_export`: the `pairwise` signature on the
-evaluation rows), and its student tables' bytes are read from its pruning report (the rows as stored, with the
+One trained model is exported several times (`Variant`: float32 unpruned, float32 zero-pruned, float16, int8 on
+every table, int8 with the small tables float32, and that with usage pruning at a few thresholds; student-only
+exports of some); each export's student is scored through its own SavedModel (`evaluate_export`: the `pairwise`
+signature on the evaluation rows; a student-only variant scores as the full export of the same tables, so it is
+only weighed), and its student tables' bytes are read from its pruning report (the rows as stored, with the
 int32 index; unpruned: rows x dim x 4). `latency` times the `prerank` and `user_embedding` signatures of two
 exports, calls alternating, so that both see the same machine load. `scripts/sweep_compression.py` runs it.
 """
@@ -16,7 +18,8 @@ from benchmarks.l1_sweep import student_tables
 from benchmarks.serving_bench import Latency, candidate_inputs, measure_pair, user_inputs
 from serving.savedmodel.evaluation import evaluate_export
 from serving.savedmodel.export import ExportResult, export_model
-from serving.savedmodel.prune import table_slots
+from serving.savedmodel.prune import PruneRules, table_slots
+from serving.savedmodel.quantize import FLOAT32_MAX_ROWS
 from serving.savedmodel.requests import check_inputs
 from trainer.data.catalog import build_catalog
 from trainer.data.input_config import InputConfig
@@ -31,17 +34,27 @@ class Variant:
     name: str
     embeddings: str
     prune: bool
+    rows_below: int | None = None  # usage pruning (`PruneRules.rows_below`)
+    float32_max_rows: int = FLOAT32_MAX_ROWS  # tables this small stay float32 (`quantize.table_format`)
+    student_only: bool = False  # weighed only: its student scores as the full export with the same tables
 
 
+USAGE_THRESHOLDS = (2, 5, 10)
 VARIANTS = (Variant("float32 unpruned", "float32", False), Variant("float32 zero-pruned", "float32", True),
-            Variant("float16 zero-pruned", "float16", True), Variant("int8 zero-pruned", "int8", True))
+            Variant("float16 zero-pruned", "float16", True),
+            Variant("int8, every table", "int8", True, float32_max_rows=0),
+            Variant("int8 zero-pruned", "int8", True),
+            *(Variant(f"int8, rows read < {n} dropped", "int8", True, n) for n in USAGE_THRESHOLDS),
+            Variant("student-only float32 unpruned", "float32", False, student_only=True),
+            *(Variant(f"student-only int8, rows read < {n} dropped", "int8", True, n, student_only=True)
+              for n in USAGE_THRESHOLDS[1:]))
 
 
 @dataclass(frozen=True)
 class Point:
     variant: str
     version: int
-    student_auc: float  # through the export's pairwise signature
+    student_auc: float | None  # through the export's pairwise signature (None: student-only, not scored)
     student_bytes: int  # the student's tables as the export stores them
     all_bytes: int  # every table
     variables_bytes: int  # the SavedModel's variables/ on disk
@@ -65,30 +78,42 @@ def trained_table_bytes(spec: Spec, model_dir: str, data: str) -> dict[str, int]
 
 def export_variant(spec: Spec, model_dir: str, base: str, variant: Variant, warmup_data: str) -> ExportResult:
     return export_model(spec, model_dir, base, sample_data=warmup_data, prune=variant.prune,
-                        measure_unpruned=False, embeddings=variant.embeddings, log=lambda *_: None)
+                        measure_unpruned=False, embeddings=variant.embeddings, log=lambda *_: None,
+                        rules=PruneRules(variant.rows_below), float32_max_rows=variant.float32_max_rows,
+                        student_only=variant.student_only)
 
 
 def measure_export(spec: Spec, variant: Variant, result: ExportResult, data: str, trained_bytes: dict) -> Point:
     """Score the export's student on `data` and count its bytes; `trained_bytes` are the float32 tables as
     trained (label -> bytes), for an export that stores them as they are (no pruning report)."""
-    metrics = evaluate_export(result.path, data, sampled=(0,), out=os.path.join(result.path + ".evaluation.json"),
-                              log=lambda *_: None)
+    auc = None
+    if not variant.student_only:
+        metrics = evaluate_export(result.path, data, sampled=(0,), out=os.path.join(result.path + ".evaluation.json"),
+                                  log=lambda *_: None)
+        auc = float(metrics["student"]["auc"])
     stored = {r.table: r.bytes_after for r in result.pruning} or trained_bytes
     mine = student_labels(spec, list(stored))
     errors = [r.max_abs_error for r in result.pruning if r.table in mine]
-    return Point(variant.name, result.version, float(metrics["student"]["auc"]), sum(stored[t] for t in mine),
+    return Point(variant.name, result.version, auc, sum(stored[t] for t in mine),
                  sum(stored.values()), result.variables_bytes_after, max(errors, default=0.0))
 
 
 def sweep_table(points: list[Point]) -> str:
-    """Each export against the first (float32 unpruned): AUC lost, student bytes saved."""
+    """Each export against the first (float32 unpruned): AUC lost, student bytes saved; variables/ bytes saved
+    against the first export of the same kind (full or student-only)."""
     base = points[0]
+    first = {}
+    for p in points:
+        first.setdefault(p.variant.startswith("student-only"), p)
     return text_table(
         ["export", "student AUC", "lost", "student table bytes", "saved", "all table bytes", "saved",
-         "variables/ bytes", "max |row error|"],
-        [[p.variant, f"{p.student_auc:.4f}", f"{base.student_auc - p.student_auc:+.4f}", f"{p.student_bytes:,}",
+         "variables/ bytes", "saved", "max |row error|"],
+        [[p.variant, "(not scored)" if p.student_auc is None else f"{p.student_auc:.5f}",
+          "" if p.student_auc is None else f"{base.student_auc - p.student_auc:+.5f}", f"{p.student_bytes:,}",
           f"{1 - p.student_bytes / base.student_bytes:.1%}", f"{p.all_bytes:,}", f"{1 - p.all_bytes / base.all_bytes:.1%}",
-          f"{p.variables_bytes:,}", f"{p.max_abs_error:.2g}"] for p in points])
+          f"{p.variables_bytes:,}",
+          f"{1 - p.variables_bytes / first[p.variant.startswith('student-only')].variables_bytes:.1%}",
+          f"{p.max_abs_error:.2g}"] for p in points])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from serving.savedmodel.layout import MANIFEST, MODEL_NAME, checkpoint_digest, directory_bytes, export_fingerprint, versions
 from serving.savedmodel.prune import PruneRules, TablePruning, check_counted, prune_model
-from serving.savedmodel.quantize import check_format
+from serving.savedmodel.quantize import FLOAT32_MAX_ROWS, check_format
 from serving.savedmodel.input_checks import input_rule
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import ServingModule, input_columns
@@ -58,7 +58,8 @@ def save_module(module: ServingModule, path: str) -> None:
 def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int | None = None,
                  sample_data: str | list[str] | None = None, prune: bool = True, measure_unpruned: bool = True,
                  log: Callable[[str], None] = print, student_only: bool = False,
-                 embeddings: str = "float32", rules: PruneRules = PruneRules()) -> ExportResult:
+                 embeddings: str = "float32", rules: PruneRules = PruneRules(),
+                 float32_max_rows: int = FLOAT32_MAX_ROWS) -> ExportResult:
     """Export the latest checkpoint of `model_dir` as BASE/<version>; nothing is left behind if it fails.
 
     Args:
@@ -76,6 +77,8 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         "float16", or "int8" with a per-row float16 scale and offset; dequantized in the graph at lookup.
       rules: the opt-in pruning rules (`prune.PruneRules`: rows read fewer than N times in training read the
         table's OOV row; rows of a small L2 norm read zeros); they need `prune`.
+      float32_max_rows: tables of at most this many rows stay float32 whatever `embeddings` says
+        (`quantize.table_format`; 0: none).
     """
     spec = as_spec(spec)
     check_format(embeddings)
@@ -104,7 +107,7 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
             save_module(ServingModule(model, student_only=student_only), temp + ".unpruned")
             before = directory_bytes(os.path.join(temp + ".unpruned", "variables"))
             shutil.rmtree(temp + ".unpruned")
-        pruning = prune_model(model, checkpoint, embeddings, prune, rules) if compressed else []
+        pruning = prune_model(model, checkpoint, embeddings, prune, rules, float32_max_rows) if compressed else []
         module = ServingModule(model, student_only=student_only)
         log(f"writing {temp} ...")
         save_module(module, temp)
@@ -118,6 +121,8 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         replay_warmup(module.functions, temp)  # TF Serving would refuse to load a version whose warmup fails
         after = directory_bytes(os.path.join(temp, "variables"))
         options = {"pruned": prune, "student_only": student_only, "input_checks": True, "embeddings": embeddings}
+        if embeddings != "float32" and float32_max_rows != FLOAT32_MAX_ROWS:
+            options["float32_max_rows"] = float32_max_rows
         if rules != PruneRules():  # absent otherwise: the fingerprints of exports without rules stay as they were
             options["prune_rules"] = rules.as_dict()
         fingerprint = export_fingerprint(checkpoint_digest(checkpoint), spec.fingerprint, options)
@@ -129,6 +134,7 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
             "spec": os.path.abspath(spec.path), "spec_fingerprint": spec.fingerprint, "warmup_data": sample_data,
             "signatures": sorted(module.functions), "pruned": prune, "student_only": student_only,
             "embeddings": embeddings, "prune_rules": rules.as_dict(),
+            "float32_max_rows": float32_max_rows if compressed and embeddings != "float32" else 0,
             "fingerprint": fingerprint, "export_options": options,
             "vector_dim": model.config.model.student.user_tower[-1] if model.has_student else None,
             # what evaluating the export needs besides its signatures (`evaluation.ExportScorer`)

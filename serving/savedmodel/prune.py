@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
-from serving.savedmodel.quantize import dequantize, dequantize_rows, quantize, row_bytes
+from serving.savedmodel.quantize import FLOAT32_MAX_ROWS, dequantize, dequantize_rows, quantize, row_bytes, table_format
 from trainer.errors import ConfigError, ExportError
 from trainer.layers.embedding import EmbeddingTable
 from trainer.layers.encoder import IdLookup
@@ -342,22 +342,22 @@ def apply_pruning(model: JointModel, checkpoint_path: str, rules: PruneRules = P
         slots[label].layer.embeddings.assign(p.served())
 
 
-def round_tables(model: JointModel, embeddings: str) -> None:
+def round_tables(model: JointModel, embeddings: str, float32_max_rows: int = FLOAT32_MAX_ROWS) -> None:
     """Set every table's values in place to what an export in format `embeddings` stores for them,
-    dequantized: the in-memory model an export's signatures must equal. Rows are stored one by one, so a row
-    gets the same values in a compact table as in the full one."""
-    if embeddings == "float32":
-        return
+    dequantized (small tables stay float32: `quantize.table_format`): the in-memory model an export's signatures
+    must equal. Rows are stored one by one, so a row gets the same values in a compact table as in the full one."""
     for label, slot in table_slots(model).items():
         table = slot.layer.embeddings
-        table.assign(dequantize(quantize(table.numpy(), embeddings, label)))
+        fmt = table_format(embeddings, int(table.shape[0]), float32_max_rows)
+        if fmt != "float32":
+            table.assign(dequantize(quantize(table.numpy(), fmt, label)))
 
 
 def prune_model(model: JointModel, checkpoint_path: str, embeddings: str = "float32", prune: bool = True,
-                rules: PruneRules = PruneRules()) -> list[TablePruning]:
+                rules: PruneRules = PruneRules(), float32_max_rows: int = FLOAT32_MAX_ROWS) -> list[TablePruning]:
     """Replace every embedding table of `model` by a `PrunedTable` in place, its rows stored in the format
-    `embeddings`; the report, one entry a table. `prune=False` keeps every row as trained (only the format
-    changes; `rules` need pruning)."""
+    `embeddings` (tables of at most `float32_max_rows` rows: float32, `quantize.table_format`); the report, one
+    entry a table. `prune=False` keeps every row as trained (only the format changes; `rules` need pruning)."""
     slots = table_slots(model)
     if prune:
         plans = prune_plan(model, checkpoint_path, rules)
@@ -373,8 +373,9 @@ def prune_model(model: JointModel, checkpoint_path: str, embeddings: str = "floa
         slot = slots[label]
         kept_rows = np.flatnonzero(p.keep)
         rows, dim = p.values.shape
+        fmt = table_format(embeddings, rows, float32_max_rows)
         layout = TablePruning(slot.label, rows, dim, p.count(ZERO), p.count(NEVER_UPDATED), len(kept_rows),
-                              embeddings, 0.0, p.count(RARE), p.count(SMALL_NORM), p.usage_note)
+                              fmt, 0.0, p.count(RARE), p.count(SMALL_NORM), p.usage_note)
         served = p.served()
         if layout.compact:
             compact = np.full(rows, ZERO_ROW, np.int32)
@@ -383,7 +384,7 @@ def prune_model(model: JointModel, checkpoint_path: str, embeddings: str = "floa
             values = np.concatenate([np.zeros((1, dim), np.float32), p.values[kept_rows]])
         else:
             values, index = served, None
-        stored = quantize(values, embeddings, slot.label)
+        stored = quantize(values, fmt, slot.label)
         read_back = dequantize(stored)
         error = float(np.max(np.abs((read_back if index is None else read_back[index]) - served), initial=0.0))
         slot.holder[slot.key] = PrunedTable(stored, index, name=f"pruned_{slot.label.replace('/', '_')}")
@@ -395,7 +396,7 @@ def report_table(report: list[TablePruning]) -> str:
     """A text table of the pruning report (bytes before: float32 as trained; after: as stored), with totals; the
     rare and small-norm columns (rows, and bytes they save) when a rule dropped rows or usage pruning was asked."""
     rules = any(r.rare_rows or r.small_norm_rows or r.usage_note for r in report)
-    extra = f"{'rare':>9}{'bytes':>11}{'small':>9}{'bytes':>11}" if rules else ""
+    extra = f"{'rare':>9}{'saved':>11}{'small':>9}{'saved':>11}" if rules else ""
     lines = [f"{'table':<24}{'rows':>9}{'kept':>9}{'zero':>9}{'unseen':>9}{extra}{'bytes before':>14}{'after':>12}"
              f"  {'layout':<9}{'format':<9}max |error|"]
 

@@ -11,6 +11,11 @@ An all-zero row (the pruned rows' shared row) has scale 0 and offset 0 and reads
 float16: each value rounded to the nearest float16 and cast back to float32 at lookup (32 bytes a row at
 dim 16); its step is the float16 spacing at the value, so the error is at most half of it.
 
+Small tables stay float32 whatever the format (`table_format`): a table of at most FLOAT32_MAX_ROWS rows
+(4 KiB at dim 16) saves at most 2.9 KiB as int8, while its dequantizing ops (a gather of the scale and offset, a
+cast, a multiply and two adds) cost every lookup the same as a large table's; the KuaiRand student has 29 such
+tables (one-hot user attributes, context, item types) of its 36, 0.9% of its float32 bytes.
+
 A table whose values exceed float16's range (|x| > 65504) cannot be stored either way: an ExportError
 names it.
 """
@@ -23,6 +28,13 @@ FORMATS = ("float32", "float16", "int8")
 INT8_LEVELS = 255  # steps between a row's minimum and maximum
 INT8_SHIFT = 128  # q is stored as q - 128 in an int8
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+FLOAT32_MAX_ROWS = 64  # tables of at most this many rows are stored float32 in any format (`table_format`)
+
+
+def table_format(embeddings: str, rows: int, float32_max_rows: int = FLOAT32_MAX_ROWS) -> str:
+    """The format a table of `rows` rows is stored in, in an export of format `embeddings`: float32 for a table
+    of at most `float32_max_rows` rows (0: none), else `embeddings`."""
+    return "float32" if rows <= float32_max_rows else embeddings
 
 
 def check_format(embeddings: str, where: str = "--embeddings") -> str:

@@ -25,7 +25,7 @@ import tensorflow as tf
 from serving.savedmodel.layout import MANIFEST, resolve_version_dir
 from serving.savedmodel.opening import export_spec, open_export
 from serving.savedmodel.prune import ZERO_ROW, PruneRules, apply_pruning, round_tables, table_slots
-from serving.savedmodel.quantize import FORMATS, dequantize, half_step
+from serving.savedmodel.quantize import FORMATS, dequantize, half_step, table_format
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import fine_rank_outputs
 from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
@@ -124,8 +124,9 @@ def verify_export(path: str, data: str | list[str] | None = None, batches: int =
         # rows zeros, rows dropped as rare their OOV row)
         apply_pruning(model, manifest["checkpoint"], PruneRules(**manifest.get("prune_rules") or {}))
     result.embeddings = _embeddings(export_dir, manifest)
-    result.rows_checked = check_stored_rows(model, loaded, result.embeddings)
-    round_tables(model, result.embeddings)  # ... and every row is what the export stores, dequantized
+    small = manifest.get("float32_max_rows", 0)  # exports before small tables stayed float32: none did
+    result.rows_checked = check_stored_rows(model, loaded, result.embeddings, small)
+    round_tables(model, result.embeddings, small)  # ... and every row is what the export stores, dequantized
     exported: list[dict] = []
     for i, batch in enumerate(read):
         features, n = batch["features"], _rows(batch)
@@ -154,11 +155,11 @@ def _embeddings(export_dir: str, manifest: dict) -> str:
     return value
 
 
-def check_stored_rows(model, loaded, embeddings: str) -> dict[str, tuple[float, int]]:
+def check_stored_rows(model, loaded, embeddings: str, float32_max_rows: int = 0) -> dict[str, tuple[float, int]]:
     """Per table the export stores (its `embedding_tables`): every row read back from the export's variables
     through its index and dequantized, against `model`'s row (the checkpoint's, never-updated rows zeroed):
     (max |difference|, values beyond half a quantization step of the checkpoint's value). A row the export
-    pruned must read zeros (its bound is 0)."""
+    pruned must read zeros (its bound is 0). Tables of at most `float32_max_rows` rows are float32 (bound 0)."""
     slots = table_slots(model)
     out = {}
     for label, stored in getattr(loaded, "embedding_tables", {}).items():
@@ -167,7 +168,7 @@ def check_stored_rows(model, loaded, embeddings: str) -> dict[str, tuple[float, 
         rows = dequantize(arrays)
         want = slots[label].layer.embeddings.numpy()
         got = rows if index is None else rows[index]
-        bound = half_step(want, embeddings)
+        bound = half_step(want, table_format(embeddings, len(want), float32_max_rows))
         if index is not None:  # pruned rows are zeros by design, not by rounding
             bound = np.where((index == ZERO_ROW)[:, None], 0.0, bound)
             want = np.where((index == ZERO_ROW)[:, None], 0.0, want)
