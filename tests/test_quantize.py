@@ -89,8 +89,8 @@ def test_bad_embedding_formats_are_refused_before_anything_is_read(tmp_path, cap
 def test_usage_counts_add_one_for_every_row_a_step_reads():
     """The counts are the sparse gradients' indices scatter-added: a row read twice in a batch, or by a sequence
     and a categorical feature of one table, counts each time; a frozen table has none."""
-    shared, other, frozen = EmbeddingTable(10, 4, name="embedding_shared"), EmbeddingTable(5, 2, name="embedding_other"), \
-        EmbeddingTable(3, 2, name="embedding_frozen")
+    shared = EmbeddingTable(10, 4, name="embedding_shared")
+    other, frozen = EmbeddingTable(5, 2, name="embedding_other"), EmbeddingTable(3, 2, name="embedding_frozen")
     for t in (shared, other, frozen):
         t.build()
     frozen.trainable = False
@@ -239,7 +239,8 @@ def test_the_lean_signatures_need_the_remapped_dequantized_model_and_a_wrong_sto
     moved[compact, int(np.argmin(values[compact]))] += 1  # one step off: beyond half a step
     stored["values"].assign(moved)
     found = check_stored_rows(model, opened.loaded, "int8")
-    assert found["video"][1] == np.sum(index == compact) > 0 and all(bad == 0 for t, (_, bad) in found.items() if t != "video")
+    assert found["video"][1] == np.sum(index == compact) > 0
+    assert all(bad == 0 for t, (_, bad) in found.items() if t != "video")
     stored["values"].assign(values)
 
     round_tables(model, "int8")

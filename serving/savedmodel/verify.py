@@ -6,8 +6,9 @@ garbled or foreign file is an ExportError naming it), lists its signatures (as
 runs every warmup request through its signature (each signature must have
 one, and none may be refused), and compares every signature's outputs with the
 trained model's on a sample of evaluation data. The reference is the trained
-checkpoint with each row set to what the export reads for it (`prune.apply_pruning`: never-updated rows
-zero, and with the export's rules rare rows their OOV row, small rows zero) and, for a float16 or int8 export, every row stored and
+checkpoint with each row set to what the export reads for it (`prune.apply_pruning`:
+never-updated rows zero, and with the export's rules rare rows their OOV row,
+small rows zero) and, for a float16 or int8 export, every row stored and
 dequantized as the export stores it (`prune.round_tables`), so any difference
 beyond TOLERANCE is an export error. Every stored row of the export, read back
 from its variables and dequantized, must also lie within half a quantization
