@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="[test,serve]" bash scripts/setup_env.sh
 # Two pytest-xdist workers (PRERANK_TEST_WORKERS): most tests run one TensorFlow process on one core at a time, so
-# two keep both cores of the reference machine busy; tests that share the session's servers stay in one worker.
-exec .venv/bin/python -m pytest -q -n "${PRERANK_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# two keep both cores of the reference machine busy; a module's tests stay in one worker (tests/conftest.py).
+exec .venv/bin/python -m pytest -q -n "${PRERANK_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -1,8 +1,13 @@
 """Shared fixtures: spec files under tests/specs/, a 3,000-row slice of the real KuaiRand data and a small model
-trained on it (once per session, shared by every test that only reads it)."""
+trained on it (once per session, shared by every test that only reads it, in every pytest-xdist worker)."""
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
+import fcntl
 import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -28,16 +33,43 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
                          "model.id_dropout_tables={video: 0.1}"]
 
 
-# Fixtures that start servers: the tests using them run in one pytest-xdist worker, so that the session has one
-# Redis and one service (scripts/test.sh runs the suite in two workers, `--dist loadgroup`).
-SERVER_FIXTURES = {"redis_server", "service_small"}
+# scripts/test.sh runs the suite in two pytest-xdist workers with `--dist loadfile`: a module's tests run in one
+# worker, so that its module fixtures are built once (test_service.py's Redis and service among them); the
+# modules known to take longest are handed out first (the workers take modules in collection order), so that no
+# long one is left for the end. (`--dist loadgroup` does not group on pytest 9.2 with pytest-xdist 3.8: the
+# workers never see the option, so tests would run one by one wherever a worker is free.)
+LONGEST_FIRST = ("test_service", "test_export", "test_model", "test_training_job", "test_task", "test_plugins",
+                 "test_api", "test_evaluation", "test_kuairand_conversion", "test_onnx_export", "test_serving_input",
+                 "test_model_dir_input")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("servers"))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: collection order otherwise
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], object]):
+    """build(folder) run once per test session, even with several pytest-xdist workers: the first worker to
+    ask builds it under a lock in the session's shared temporary folder and pickles its value; the others wait
+    for it and read that value. Fixtures built this way are read, never written, by the tests."""
+    if worker_id == "master":  # not under xdist
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root.mkdir(exist_ok=True)
+    done = root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        folder = root / name
+        shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+        folder.mkdir()
+        value = build(folder)
+        written = root / f"{name}.pickle.tmp"
+        written.write_bytes(pickle.dumps(value))
+        os.replace(written, done)
+        return value
 
 
 def spec_text(name: str) -> str:
@@ -47,19 +79,24 @@ def spec_text(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def kuairand_slice(tmp_path_factory) -> str:
+def kuairand_slice(tmp_path_factory, worker_id) -> str:
     """The folder of a 3,000-row conversion (one shard per date)."""
-    out = tmp_path_factory.mktemp("kuairand")
-    convert_kuairand(os.path.join(REPO, "data", "kuairand"), str(out), shards_per_date=1, max_rows=3000)
-    return str(out)
+    def build(out: Path) -> str:
+        convert_kuairand(os.path.join(REPO, "data", "kuairand"), str(out), shards_per_date=1, max_rows=3000)
+        return str(out)
+
+    return built_once(tmp_path_factory, worker_id, "kuairand_slice", build)
 
 
 @pytest.fixture(scope="session")
-def kuairand_heldout(tmp_path_factory) -> str:
+def kuairand_heldout(tmp_path_factory, worker_id) -> str:
     """A data glob of the log's last 3,000 impressions: all of 2022-04-30, after every training slice."""
-    out = tmp_path_factory.mktemp("kuairand_heldout")
-    convert_kuairand(os.path.join(REPO, "data", "kuairand"), str(out), shards_per_date=1, max_rows=3000, last=True)
-    return os.path.join(str(out), "date=*", "*.tfrecord.gz")
+    def build(out: Path) -> str:
+        convert_kuairand(os.path.join(REPO, "data", "kuairand"), str(out), shards_per_date=1, max_rows=3000,
+                         last=True)
+        return os.path.join(str(out), "date=*", "*.tfrecord.gz")
+
+    return built_once(tmp_path_factory, worker_id, "kuairand_heldout", build)
 
 
 @pytest.fixture(scope="session")
@@ -69,34 +106,45 @@ def spec() -> Spec:
 
 
 @pytest.fixture(scope="session")
-def trained_small(kuairand_slice, tmp_path_factory) -> tuple[str, str]:
+def trained_small(kuairand_slice, tmp_path_factory, worker_id) -> tuple[str, str]:
     """(model dir, data glob) of a small joint model trained one epoch (12 steps) on the slice.
 
     FTRL L1 0.01 leaves kept, all-zero and never-updated rows (a strong L1 would zero every row of so short
     a run); dual augmented vectors add augment tables; checkpoints at steps 6 and 12. Id dropout on the video
     table only: its OOV row is trained, the user table's never is."""
     data = os.path.join(kuairand_slice, "date=*", "*.tfrecord.gz")
-    model_dir = str(tmp_path_factory.mktemp("model"))
-    args = [a for o in SMALL_MODEL_OVERRIDES for a in ("--set", o)]
-    assert main(["train", KUAIRAND_SPEC, "--model-dir", model_dir, "--data", data, "--validation", data, *args]) == 0
-    return model_dir, data
+
+    def build(folder: Path) -> tuple[str, str]:
+        model_dir = str(folder / "model")
+        args = [a for o in SMALL_MODEL_OVERRIDES for a in ("--set", o)]
+        assert main(["train", KUAIRAND_SPEC, "--model-dir", model_dir, "--data", data, "--validation", data,
+                     *args]) == 0
+        return model_dir, data
+
+    return built_once(tmp_path_factory, worker_id, "trained_small", build)
 
 
 @pytest.fixture(scope="session")
-def exported_small(trained_small, spec, tmp_path_factory):
+def exported_small(trained_small, spec, tmp_path_factory, worker_id):
     """(ExportResult, data glob): the pruned SavedModel of `trained_small`, version 1 of its own base."""
     model_dir, data = trained_small
-    base = str(tmp_path_factory.mktemp("export"))
-    return export_model(spec, model_dir, base, sample_data=data, log=lambda *_: None), data
+
+    def build(base: Path):
+        return export_model(spec, model_dir, str(base), sample_data=data, log=lambda *_: None), data
+
+    return built_once(tmp_path_factory, worker_id, "exported_small", build)
 
 
 @pytest.fixture(scope="session")
-def exported_student_small(trained_small, spec, tmp_path_factory):
+def exported_student_small(trained_small, spec, tmp_path_factory, worker_id):
     """A student-only export of `trained_small`, as version 2 of its own base (the service swaps it in)."""
     model_dir, data = trained_small
-    base = str(tmp_path_factory.mktemp("export_student"))
-    return export_model(spec, model_dir, base, version=2, sample_data=data, measure_unpruned=False,
-                        student_only=True, log=lambda *_: None)
+
+    def build(base: Path):
+        return export_model(spec, model_dir, str(base), version=2, sample_data=data, measure_unpruned=False,
+                            student_only=True, log=lambda *_: None)
+
+    return built_once(tmp_path_factory, worker_id, "exported_student_small", build)
 
 
 # The lean export's opt-in pruning: rows read once in trained_small's one epoch, and rows of a small norm
@@ -114,19 +162,24 @@ def exported_lean_small(trained_small, spec, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def onnx_small(trained_small, spec, tmp_path_factory):
+def onnx_small(trained_small, spec, tmp_path_factory, worker_id):
     """The ONNX export of `trained_small`, as ONNX_BASE/1 (the layout `prerank serve --onnx` reads)."""
     model_dir, data = trained_small
-    out = str(tmp_path_factory.mktemp("onnx") / "1")
-    return export_onnx(spec, model_dir, out, data=data, log=lambda _: None)
+
+    def build(folder: Path):
+        return export_onnx(spec, model_dir, str(folder / "1"), data=data, log=lambda _: None)
+
+    return built_once(tmp_path_factory, worker_id, "onnx_small", build)
 
 
 @pytest.fixture(scope="session")
-def item_table(tmp_path_factory) -> str:
+def item_table(tmp_path_factory, worker_id) -> str:
     """The KuaiRand item table as of 2022-04-30 (every video, with its ctr_prior attribute), as CSV."""
-    path = str(tmp_path_factory.mktemp("items") / "items.csv")
-    kuairand_item_table(os.path.join(REPO, "data", "kuairand"), path, 20220430)
-    return path
+    def build(folder: Path) -> str:
+        kuairand_item_table(os.path.join(REPO, "data", "kuairand"), str(folder / "items.csv"), 20220430)
+        return str(folder / "items.csv")
+
+    return built_once(tmp_path_factory, worker_id, "item_table", build)
 
 
 @pytest.fixture(scope="session")

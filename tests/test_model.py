@@ -474,8 +474,8 @@ def _teacher_checkpoint(model_dir: str, encoder: str) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_separate_mode_student_learns_from_a_frozen_teacher(student):
-    """Against one frozen teacher the targets do not move, so the distillation loss must fall."""
+def test_separate_mode_student_learns_from_a_frozen_teacher(student, world):
+    """Against one frozen teacher the targets do not move: the student learns them (judged on held-out rows)."""
     teacher, run = student.teacher, student(*CONSTANT)
     assert teacher.metrics["mode"] == "teacher" and "student" not in teacher.validation
     assert not teacher.series("loss/student") and not teacher.series("loss/distill")
@@ -492,7 +492,15 @@ def test_separate_mode_student_learns_from_a_frozen_teacher(student):
     assert not run.series("loss/teacher")
     assert {v for _, v in run.series("lambda")} == {1.0}
     _falls(run, "loss/student")
-    _falls(run, "loss/distill")
+    # The distillation loss is bounded below by the teacher's entropy, which varies more from batch to batch than
+    # the loss falls after the first few steps: judged on the held-out shard instead, against the best constant
+    # student (the teacher's mean probability everywhere), whose loss is the binary entropy of that mean.
+    p = predict(load_trained(world.spec, run.model_dir, world.eval), world.eval)
+    targets = p.teacher_score.astype(np.float64)
+    distill = float(np.mean(tf.nn.sigmoid_cross_entropy_with_logits(targets, p.student_logit.astype(np.float64))))
+    mean = targets.mean()
+    constant = float(-(mean * np.log(mean) + (1 - mean) * np.log(1 - mean)))
+    assert distill < constant - 0.01, (distill, constant)
     assert _agreement(run) > 0.68, _agreement(run)  # observed 0.76-0.82
 
 

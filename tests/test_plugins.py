@@ -1,6 +1,7 @@
 """A user's own components, end to end: the README's custom tower and custom distillation loss, registered in
-a plugin module and chosen by name in the YAML with their own params, known to validate, train, evaluate,
-export and verify-export, each in a fresh process; then the exported `prerank` signature scores candidates."""
+a plugin module and chosen by name in the YAML with their own params, known to validate, train, export and
+verify-export (which builds the checkpoint's model as evaluate does), each in a fresh process; then the exported
+`prerank` signature scores candidates."""
 import json
 import os
 import subprocess
@@ -61,7 +62,7 @@ def test_every_command_knows_the_plugins_components_in_a_fresh_process(plugin_co
     assert checked.returncode == 0, checked.stderr
     assert f"plugins: {os.path.join(os.path.dirname(plugin_config), 'team_components.py')}" in checked.stdout
     trained = prerank("train", SPEC, "--config", plugin_config, "--model-dir", model_dir, "--data", data,
-                      "--validation", data, *[a for o in SMALL for a in ("--set", o)])
+                      *[a for o in SMALL for a in ("--set", o)])
     assert trained.returncode == 0, trained.stderr[-3000:]
     with open(os.path.join(model_dir, "run.json")) as fh:
         recorded = json.load(fh)["config"]
@@ -76,9 +77,7 @@ def test_every_command_knows_the_plugins_components_in_a_fresh_process(plugin_co
 
     # Later commands read the recorded config (its absolute plugin path): no --config, nothing else to pass.
     # (The export skips pruning: pruning is not what is checked here, and it is the export's slow part.)
-    evaluate = ["evaluate", SPEC, "--model-dir", model_dir, "--data", data, "--sampled", "0", "--max-batches", "1"]
-    for command in (evaluate,
-                    ["export", SPEC, "--model-dir", model_dir, "--export-base", base, "--data", data, "--no-prune"],
+    for command in (["export", SPEC, "--model-dir", model_dir, "--export-base", base, "--data", data, "--no-prune"],
                     ["verify-export", base, "--data", data, "--batches", "1"]):
         done = prerank(*command)
         assert done.returncode == 0, (command[0], done.stderr[-3000:])
