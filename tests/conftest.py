@@ -15,6 +15,7 @@ from benchmarks.local_servers import RedisServer, ServiceProcess
 from serving.item_store.embed import embed_items
 from serving.onnx.export import export_onnx
 from serving.savedmodel.export import export_model
+from serving.savedmodel.prune import PruneRules
 from trainer.cli import main
 from trainer.data.datasets.kuairand import convert_kuairand
 from trainer.data.datasets.kuairand_items import kuairand_item_table
@@ -145,6 +146,20 @@ def exported_student_small(trained_small, spec, tmp_path_factory, worker_id):
                             student_only=True, log=lambda *_: None)
 
     return built_once(tmp_path_factory, worker_id, "exported_student_small", build)
+
+
+# The lean export's opt-in pruning: rows read once in trained_small's one epoch, and rows of a small norm
+LEAN_RULES = PruneRules(rows_below=2, norm_below=0.05)
+
+
+@pytest.fixture(scope="session")
+def exported_lean_small(trained_small, spec, tmp_path_factory):
+    """The lean export of `trained_small`: int8 rows, and rows dropped by usage and norm (`LEAN_RULES`), every
+    signature; version 1 of its own base."""
+    model_dir, data = trained_small
+    base = str(tmp_path_factory.mktemp("export_lean"))
+    return export_model(spec, model_dir, base, sample_data=data, measure_unpruned=False, log=lambda *_: None,
+                        embeddings="int8", rules=LEAN_RULES)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from serving.savedmodel.evaluation import evaluate_opened, evaluation_path
 from serving.savedmodel.opening import OpenedExport, open_export
-from serving.savedmodel.prune import zero_never_updated
+from serving.savedmodel.prune import apply_pruning
 from trainer.cli import main
 from trainer.data.catalog import build_catalog
 from trainer.data.input_config import InputConfig
@@ -148,7 +148,7 @@ def test_evaluate_export_scores_with_its_signatures_as_the_checkpoint_does(model
     # the checkpoint as trained, then as pruning serves it (never-updated rows read zeros), on the same rows
     trained = flat(strict_result({**quality(model, by_parts), "consistency": {
         "by_k": [consistency(by_parts.sampled_up_to(k), k) for k in (0, 3, 6)]}}))
-    zero_never_updated(model, model.checkpoint_path)
+    apply_pruning(model, model.checkpoint_path)
     scorer.reset()  # the catalog's parts were computed with the trained rows
     try:
         pruned = flat(evaluate_scorer(scorer, data, BATCH, BATCHES, sampled=(0, 3, 6), seed=SEED))

@@ -17,7 +17,7 @@ import tensorflow as tf
 from serving.item_store.embed import embed_items
 from serving.savedmodel.layout import MANIFEST, checkpoint_digest, export_fingerprint, read_manifest, versions
 from serving.item_store.reader import ItemVectorStore
-from serving.savedmodel.prune import PrunedTable, prune_model, zero_never_updated
+from serving.savedmodel.prune import PrunedTable, prune_model, apply_pruning
 from serving.savedmodel.signatures import input_columns, serving_inputs, tower_columns
 from serving.savedmodel.verify import verify_export
 from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
@@ -44,7 +44,7 @@ def test_pruned_model_equals_the_trained_model_on_held_out_data(trained_small, k
     pruned = load_trained(spec, model_dir, data)
     report = {r.table: r for r in prune_model(pruned, pruned.checkpoint_path)}
     as_trained = predict(reference, kuairand_heldout)
-    zero_never_updated(reference, reference.checkpoint_path)
+    apply_pruning(reference, reference.checkpoint_path)
     # both kinds of pruned rows occur: L1 zeros and hash buckets no (user, author) pair fell in
     assert sum(r.zero_rows for r in report.values()) > 0
     assert report["user_author"].never_updated > 100_000 and report["user_author"].compact
@@ -167,7 +167,10 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
            "user_embedding x1" in out
     assert f"{result.path}: verified" in out
     # pruning's effect as a metric: the checkpoint as trained (unseen ids read their initial rows) vs the export
-    assert "AUC on the same 512 rows, checkpoint as trained -> export (pruning's effect):" in out
+    assert "AUC on the same 512 rows, checkpoint as trained -> export (pruning's and the float32 format's " \
+           "effect):" in out
+    # every stored row read back from the export: float32 rows are the checkpoint's exactly
+    assert "stored rows (float32) vs the checkpoint's" in out and "  user_author" in out and "FAIL" not in out
     for label in ("student click", "teacher click", "teacher long_view", "teacher like"):
         line = next(line for line in out.splitlines() if line.startswith(f"  {label}: "))
         trained, served, change = (float(x) for x in re.findall(r"[-+]?\d\.\d{4}", line))
@@ -182,6 +185,7 @@ def test_verify_export_passes_and_catches_an_export_from_another_checkpoint(expo
         json.dump({**manifest, "checkpoint": earlier}, fh)
     verification = verify_export(copy, data, batches=1)
     assert not verification.ok and max(verification.max_diff.values()) > 1e-3
+    assert sum(bad for _, bad in verification.rows_checked.values()) > 0  # stored rows are not step 6's
 
 
 def test_an_existing_version_is_never_overwritten(exported_small, trained_small, spec, capsys):
@@ -299,7 +303,7 @@ def test_a_distilled_students_frozen_teacher_tables_are_pruned_with_the_teachers
     student = load_trained(spec, student_dir, data)
     reference = load_trained(spec, student_dir, data)
     report = {r.table: r for r in prune_model(student, student.checkpoint_path)}
-    zero_never_updated(reference, reference.checkpoint_path)
+    apply_pruning(reference, reference.checkpoint_path)
     # the frozen copy prunes exactly as the teacher's own tables do (read from the teacher's FTRL slots)
     assert report["teacher/user_author"].never_updated == (~teacher_updated).sum() > 100_000
     assert report["teacher/user_author"].kept == (teacher_updated & teacher_values.any(axis=1)).sum()
@@ -351,7 +355,11 @@ def test_a_student_only_export_holds_the_students_signatures_and_tables_only(exp
     assert any(buckets in s for s in full_shapes) and not any(buckets in s for s in shapes)
     assert len(shapes) < len(full_shapes)  # (113 -> 67 here) no teacher experts, gates, task towers, attention
     assert student.variables_bytes_after < full.variables_bytes_after / 2
-    assert replay_warmup(tf.saved_model.load(student.path).signatures, student.path)["prerank_vectors"] == 1
+    loaded = tf.saved_model.load(student.path)
+    assert replay_warmup(loaded.signatures, student.path)["prerank_vectors"] == 1
+    # the stored tables verify-export reads back: the student's only
+    assert {"video", "user", "augment/item"} <= set(loaded.embedding_tables) and \
+        "user_author" not in loaded.embedding_tables
     # the fingerprint: the checkpoint's content, the spec and the options; recomputable, and the two differ
     options = manifest["export_options"]
     assert manifest["fingerprint"] == export_fingerprint(checkpoint_digest(manifest["checkpoint"]),

@@ -138,7 +138,15 @@ def final_variables(model_dir: str) -> dict[str, np.ndarray]:
     import tensorflow as tf
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name.split("/")[0] in ("model", "ftrl", "adagrad", "step")}
+            if name.split("/")[0] in ("model", "ftrl", "adagrad", "step", "usage")}
+
+
+def usage_counts(model_dir: str) -> dict[str, np.ndarray]:
+    """The latest checkpoint's usage counts, table layer name -> reads per row."""
+    from trainer.training.usage import read_counts
+    counts, counted_from = read_counts(os.path.join(model_dir, "checkpoints", f"ckpt-{checkpoint_state(model_dir)[0]}"))
+    assert counted_from == 0
+    return counts
 
 
 def kill_past_checkpoint(proc: subprocess.Popen, model_dir: str, log: str, at_least: int) -> int:
@@ -191,11 +199,15 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_lik
     # The input iterator resumed where the checkpoint was taken (all batches but the last are full):
     # the killed job's checkpointed batches plus the resumed job's examples are exactly the data, once.
     assert killed_at * BATCH + resumed["training"]["examples"] == whole["training"]["examples"]
-    # With a fixed data order the same batches were trained in the same order: identical results.
+    # With a fixed data order the same batches were trained in the same order: identical results, the usage
+    # counts (reads per row, in the checkpoint) included.
     expected, got = final_variables(reference), final_variables(victim)
     assert sorted(expected) == sorted(got) and len(expected) > 20
+    assert any(name.startswith("usage/counts/") for name in expected)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    counts = usage_counts(victim)  # user_id reads the user table once an example (no id dropout on it)
+    assert int(counts["embedding_user"].sum()) == ROWS * EPOCHS and int(counts["embedding_hour"].sum()) == ROWS * EPOCHS
     assert {k: v for k, v in resumed["validation"].items() if k != "seconds"} == \
            {k: v for k, v in whole["validation"].items() if k != "seconds"}
     assert whole["validation"]["student"]["auc"] > 0.5
@@ -295,6 +307,14 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, 
     assert evaluated == [4, steps]  # eval_every 4, then the final validation
     assert not os.path.exists(os.path.join(model_dir, "workers"))  # the other worker's scratch checkpoints
     assert_nothing_half_written(model_dir)
+    # Usage counts are summed over the workers: each read half of every global batch; the chief logs the rows
+    # read at least once (TensorBoard's usage/ scalars)
+    counts = usage_counts(model_dir)["embedding_user"]
+    assert int(counts.sum()) == steps * BATCH
+    with open(os.path.join(model_dir, "history.jsonl")) as fh:
+        seen = [row for row in map(json.loads, fh) if "usage/rows_seen/user" in row]
+    assert seen[-1]["step"] == steps and seen[-1]["usage/rows_seen/user"] == np.count_nonzero(counts)
+    assert seen[-1]["usage/rows_seen_share/user"] == pytest.approx(np.count_nonzero(counts) / len(counts))
 
     # The multi-worker checkpoint (no input position in it) resumes on a single worker.
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -303,6 +323,7 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes_the_model_dir(job, 
     out = capsys.readouterr().out
     assert "holds no input position" in out and f"trained to step {steps + 2} (2 steps here" in out
     assert checkpoint_state(model_dir)[0] == steps + 2
+    assert int(usage_counts(model_dir)["embedding_user"].sum()) == (steps + 2) * BATCH  # restored whole, then counted
 
     # Workers that would resume from different checkpoints (here: not one shared MODEL_DIR) both refuse,
     # instead of waiting for each other forever.

@@ -241,17 +241,20 @@ def _report(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from serving.savedmodel.export import export_model
-    from serving.savedmodel.prune import report_table
+    from serving.savedmodel.prune import prune_rules, report_table
     from trainer.spec.loader import load_spec
+    rules = prune_rules(args.prune_rows_below, args.prune_norm_below)
     result = export_model(load_spec(args.spec), args.model_dir, args.export_base, args.version, args.data,
-                          prune=not args.no_prune, student_only=args.student_only)
+                          prune=not args.no_prune, student_only=args.student_only, embeddings=args.embeddings,
+                          rules=rules)
     if result.pruning:
         print(report_table(result.pruning))
     if result.variables_bytes_before is not None:
         print(f"SavedModel variables: {result.variables_bytes_before:,} bytes unpruned -> "
-              f"{result.variables_bytes_after:,} pruned "
+              f"{result.variables_bytes_after:,} exported "
               f"({1 - result.variables_bytes_after / result.variables_bytes_before:.1%} smaller)")
-    kind = "student-only " if result.student_only else ""
+    kind = ("student-only " if result.student_only else "") + \
+        (f"{result.embeddings} " if result.embeddings != "float32" else "")
     print(f"exported {kind}version {result.version} -> {result.path} (fingerprint {result.fingerprint})")
 
 
@@ -260,22 +263,33 @@ def _verify_export(args: argparse.Namespace) -> None:
     result = verify_export(args.export_dir, args.data, args.batches)
     print(result.signatures)
     print("warmup requests run: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.warmup.items())))
-    print(f"export vs trained model on {result.rows} rows (max |diff|):")
+    if result.rows_checked:
+        print(f"stored rows ({result.embeddings}) vs the checkpoint's (max |diff|; values beyond half a "
+              "quantization step):")
+        for table, (diff, bad) in sorted(result.rows_checked.items()):
+            print(f"  {table:<32}{diff:.3g}  {bad}{'' if bad == 0 else '  FAIL'}")
+    reference = "" if result.embeddings == "float32" else f", its tables stored as {result.embeddings},"
+    print(f"export vs trained model{reference} on {result.rows} rows (max |diff|):")
     for key, diff in sorted(result.max_diff.items()):
         print(f"  {key:<32}{diff:.3g}{'' if diff <= TOLERANCE else '  FAIL'}")
     if result.auc:
-        print(f"AUC on the same {result.rows} rows, checkpoint as trained -> export (pruning's effect):")
+        print(f"AUC on the same {result.rows} rows, checkpoint as trained -> export (pruning's and the "
+              f"{result.embeddings} format's effect):")
         for label, (trained, served) in result.auc.items():
             print(f"  {label}: {trained:.4f} -> {served:.4f} ({served - trained:+.4f})")
     if not result.ok:
-        raise ExportError(f"{result.path}: outputs differ from the trained model by more than {TOLERANCE}")
+        raise ExportError(f"{result.path}: outputs differ from the trained model by more than {TOLERANCE}, "
+                          "or stored rows from the checkpoint's by more than half a quantization step")
     print(f"{result.path}: verified")
 
 
 def _onnx(args: argparse.Namespace) -> None:
     from serving.onnx.export import export_onnx
+    from serving.savedmodel.prune import prune_rules
     from trainer.spec.loader import load_spec
-    result = export_onnx(load_spec(args.spec), args.model_dir, args.out, args.data)
+    rules = prune_rules(args.prune_rows_below, args.prune_norm_below)
+    result = export_onnx(load_spec(args.spec), args.model_dir, args.out, args.data, embeddings=args.embeddings,
+                         rules=rules)
     print(f"{', '.join(sorted(result.graphs))} -> {result.path} (inputs.json and README.md describe the inputs)")
 
 
@@ -358,6 +372,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--preprocessing", metavar="DIR",
                      help="train with this `prerank analyze` output instead of fitting; refused unless each of its "
                           "tables and statistics was fitted as the spec defines it")
+
+
+def add_prune_rules(p: argparse.ArgumentParser) -> None:
+    """The export's opt-in pruning rules (`serving.savedmodel.prune.prune_rules` checks the values)."""
+    p.add_argument("--prune-rows-below", metavar="N",
+                   help="drop the rows training read fewer than N times (the checkpoint's usage counts); their ids "
+                        "read the table's learned out-of-vocabulary row. Opt-in: it changes scores")
+    p.add_argument("--prune-norm-below", metavar="X",
+                   help="drop the rows whose L2 norm is below X; their ids read the zero row. Opt-in: it changes "
+                        "scores")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-only", action="store_true",
                    help="only the student's signatures (user_embedding, item_embedding, prerank, pairwise, "
                         "prerank_vectors) and the tables they read: no teacher, no cross or privileged tables")
+    p.add_argument("--embeddings", default="float32", metavar="FORMAT",
+                   help="how the kept rows are stored: float32 (as trained, the default), float16, or int8 with "
+                        "a float16 scale and offset per row; dequantized in the graph at lookup")
+    add_prune_rules(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("verify-export", help="load an export as TF Serving would, run its warmup requests and "
@@ -519,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--out", required=True, help="a new directory for the .onnx files, inputs.json and README.md")
     add_globs(p, "--data", "rows for the parity check (default: the spec's data.eval)")
+    p.add_argument("--embeddings", default="float32", metavar="FORMAT",
+                   help="how the kept rows are stored, as in `prerank export`: float32 (default), float16, int8")
+    add_prune_rules(p)
     p.set_defaults(func=_onnx)
 
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")

@@ -3,7 +3,9 @@
 The graphs take the inputs of `serving.onnx.inputs` (table row ids, transformed
 numbers). The pruned tables (compact rows behind an int32 index) are inside
 the graphs, so row ids are the trained table's rows and the fitted
-vocabularies stay valid; `inputs.json` beside the graphs (`serving.onnx.manifest`)
+vocabularies stay valid; with `embeddings` float16 or int8 the compact rows are
+stored so (`serving.savedmodel.quantize`) and dequantized in the graph after the
+index (Gather, Cast, Add, Mul: plain ONNX ops); `inputs.json` beside the graphs (`serving.onnx.manifest`)
 says how raw values become each input.
 
 Graphs: user_vector.onnx (user inputs [N] -> user_vector [N, d]),
@@ -25,7 +27,8 @@ import tf2onnx
 
 from serving.onnx.inputs import OnnxInput, all_inputs, onnx_feeds, onnx_inputs, prerank_feeds
 from serving.onnx.manifest import describe, readme, vocabulary_file
-from serving.savedmodel.prune import TablePruning, prune_model
+from serving.savedmodel.prune import PruneRules, TablePruning, prune_model
+from serving.savedmodel.quantize import check_format
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.data.splits import resolve_data
@@ -174,12 +177,16 @@ def parity_failures(parity: dict, tolerance: float = TOLERANCE) -> dict[str, flo
 # ---- the export ----
 
 def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | list[str] | None = None, parity_batches: int = 2,
-                opset: int = OPSET, tolerance: float = TOLERANCE, log: Callable[[str], None] = print) -> OnnxExport:
+                opset: int = OPSET, tolerance: float = TOLERANCE, log: Callable[[str], None] = print,
+                embeddings: str = "float32", rules: PruneRules = PruneRules()) -> OnnxExport:
     """Export the pruned student of `model_dir` as ONNX into the new directory `out_dir` (all or nothing).
 
     `data` (default: the spec's eval data) gives `parity_batches` batches on which onnxruntime must match
     the pruned TensorFlow model within `tolerance` (see `parity_failures`), else ExportError and nothing is written.
+    `embeddings`: how the kept rows are stored, as `prerank export --embeddings` stores them; `rules`: the opt-in
+    pruning rules, as `prerank export --prune-rows-below / --prune-norm-below` apply them.
     """
+    check_format(embeddings)
     out_dir = os.path.normpath(out_dir)
     if os.path.exists(out_dir):
         raise ExportError(f"{out_dir} already exists: an ONNX export never overwrites; remove it or choose "
@@ -188,7 +195,7 @@ def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | list[str] 
     model = load_trained(spec, model_dir, data)
     if not model.has_student:
         raise ExportError(f"{model_dir}: a teacher-only model (model.mode: teacher) has no student to export")
-    pruning = prune_model(model, model.checkpoint_path)
+    pruning = prune_model(model, model.checkpoint_path, embeddings, rules=rules)
     all_inputs(model)  # fail early on clashing input names
     os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
     remove_stale_temporaries(os.path.dirname(out_dir) or ".")
@@ -200,7 +207,7 @@ def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | list[str] 
         for g, path in paths.items():
             log(f"converting {g} -> {path}")
             convert_graph(model, g, path, opset)
-        _write_description(model, spec, model_dir, temp, pruning, opset)
+        _write_description(model, spec, model_dir, temp, pruning, opset, embeddings, rules)
         batches = _parity_batches(spec, data, parity_batches)
         parity = check_parity(model, paths, batches)
         atomic_write(os.path.join(temp, PARITY), json.dumps(
@@ -222,7 +229,7 @@ def export_onnx(spec: Spec, model_dir: str, out_dir: str, data: str | list[str] 
 
 
 def _write_description(model: JointModel, spec: Spec, model_dir: str, temp: str, pruning: list[TablePruning],
-                       opset: int) -> None:
+                       opset: int, embeddings: str, rules: PruneRules) -> None:
     """Copy the fitted preprocessing (and file vocabularies); write inputs.json and README.md."""
     shutil.copytree(preprocessing_dir(model_dir, model.config), os.path.join(temp, "preprocessing"))
     for i in onnx_inputs(model, "user") + onnx_inputs(model, "item"):
@@ -232,7 +239,8 @@ def _write_description(model: JointModel, spec: Spec, model_dir: str, temp: str,
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copyfile(v.path, target)
     sources = {"model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(model.checkpoint_path),
-               "spec": spec.path, "spec_fingerprint": spec.fingerprint}
+               "spec": spec.path, "spec_fingerprint": spec.fingerprint, "embeddings": embeddings,
+               "prune_rules": rules.as_dict()}
     doc = describe(model, pruning, opset, sources)
     atomic_write(os.path.join(temp, MANIFEST), json.dumps(doc, indent=2) + "\n")
     atomic_write(os.path.join(temp, README), readme(doc))

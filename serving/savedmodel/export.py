@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from serving.savedmodel.layout import MANIFEST, MODEL_NAME, checkpoint_digest, directory_bytes, export_fingerprint, versions
-from serving.savedmodel.prune import TablePruning, prune_model
+from serving.savedmodel.prune import PruneRules, TablePruning, check_counted, prune_model
+from serving.savedmodel.quantize import FLOAT32_MAX_ROWS, check_format
 from serving.savedmodel.input_checks import input_rule
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import ServingModule, input_columns
@@ -46,6 +47,7 @@ class ExportResult:
     variables_bytes_after: int
     fingerprint: str = ""  # the export's identity (`layout.export_fingerprint`): keys its item vectors
     student_only: bool = False
+    embeddings: str = "float32"  # how the tables' rows are stored (`quantize.FORMATS`)
 
 
 def save_module(module: ServingModule, path: str) -> None:
@@ -55,7 +57,9 @@ def save_module(module: ServingModule, path: str) -> None:
 
 def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int | None = None,
                  sample_data: str | list[str] | None = None, prune: bool = True, measure_unpruned: bool = True,
-                 log: Callable[[str], None] = print, student_only: bool = False) -> ExportResult:
+                 log: Callable[[str], None] = print, student_only: bool = False,
+                 embeddings: str = "float32", rules: PruneRules = PruneRules(),
+                 float32_max_rows: int = FLOAT32_MAX_ROWS) -> ExportResult:
     """Export the latest checkpoint of `model_dir` as BASE/<version>; nothing is left behind if it fails.
 
     Args:
@@ -69,12 +73,21 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
       log: where progress lines go.
       student_only: only the student's signatures (user_embedding, item_embedding, prerank, pairwise,
         prerank_vectors) and the tables they read: no teacher, no cross or privileged tables.
+      embeddings: how the kept rows are stored (`serving.savedmodel.quantize`): "float32" (as trained),
+        "float16", or "int8" with a per-row float16 scale and offset; dequantized in the graph at lookup.
+      rules: the opt-in pruning rules (`prune.PruneRules`: rows read fewer than N times in training read the
+        table's OOV row; rows of a small L2 norm read zeros); they need `prune`.
+      float32_max_rows: tables of at most this many rows stay float32 whatever `embeddings` says
+        (`quantize.table_format`; 0: none).
     """
     spec = as_spec(spec)
+    check_format(embeddings)
     if version is not None and version <= 0:
         raise ConfigError.single("--version", "", f"expected a positive integer (TF Serving's versions), "
                                  f"got {version}")
-    trained_checkpoint(model_dir)  # an untrained or damaged model directory is refused before BASE is created
+    _, latest = trained_checkpoint(model_dir)  # an untrained or damaged model directory is refused before BASE is
+    if rules.rows_below is not None:  # created; so is usage pruning of a model trained before counting existed
+        check_counted(latest, rules)
     os.makedirs(base_dir, exist_ok=True)
     remove_stale_temporaries(base_dir)
     existing = versions(base_dir)
@@ -89,11 +102,12 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
     temp = temporary_for(final)
     try:
         before = None
-        if measure_unpruned and prune:
+        compressed = prune or embeddings != "float32"
+        if measure_unpruned and compressed:
             save_module(ServingModule(model, student_only=student_only), temp + ".unpruned")
             before = directory_bytes(os.path.join(temp + ".unpruned", "variables"))
             shutil.rmtree(temp + ".unpruned")
-        pruning = prune_model(model, checkpoint) if prune else []
+        pruning = prune_model(model, checkpoint, embeddings, prune, rules, float32_max_rows) if compressed else []
         module = ServingModule(model, student_only=student_only)
         log(f"writing {temp} ...")
         save_module(module, temp)
@@ -106,7 +120,11 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         write_warmup(temp, spec, names, batch["features"], MODEL_NAME, item_vectors=vectors)
         replay_warmup(module.functions, temp)  # TF Serving would refuse to load a version whose warmup fails
         after = directory_bytes(os.path.join(temp, "variables"))
-        options = {"pruned": prune, "student_only": student_only, "input_checks": True}
+        options = {"pruned": prune, "student_only": student_only, "input_checks": True, "embeddings": embeddings}
+        if embeddings != "float32" and float32_max_rows != FLOAT32_MAX_ROWS:
+            options["float32_max_rows"] = float32_max_rows
+        if rules != PruneRules():  # absent otherwise: the fingerprints of exports without rules stay as they were
+            options["prune_rules"] = rules.as_dict()
         fingerprint = export_fingerprint(checkpoint_digest(checkpoint), spec.fingerprint, options)
         columns = input_columns(spec, "user") + input_columns(spec, "item") if student_only else \
             input_columns(spec, "all")
@@ -115,6 +133,8 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
             "model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
             "spec": os.path.abspath(spec.path), "spec_fingerprint": spec.fingerprint, "warmup_data": sample_data,
             "signatures": sorted(module.functions), "pruned": prune, "student_only": student_only,
+            "embeddings": embeddings, "prune_rules": rules.as_dict(),
+            "float32_max_rows": float32_max_rows if compressed and embeddings != "float32" else 0,
             "fingerprint": fingerprint, "export_options": options,
             "vector_dim": model.config.model.student.user_tower[-1] if model.has_student else None,
             # what evaluating the export needs besides its signatures (`evaluation.ExportScorer`)
@@ -130,4 +150,4 @@ def export_model(spec: Spec | str, model_dir: str, base_dir: str, version: int |
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(temp + ".unpruned", ignore_errors=True)
         raise
-    return ExportResult(final, version, pruning, before, after, fingerprint, student_only)
+    return ExportResult(final, version, pruning, before, after, fingerprint, student_only, embeddings)

@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving.savedmodel.input_checks import RowGroup, checked_inputs
+from serving.savedmodel.prune import PrunedTable, table_slots
 from trainer.data.records import PAD_ID, PAD_STRING
 from trainer.errors import ExportError
 from trainer.models.joint import JointModel
@@ -194,12 +195,18 @@ class ServingModule(tf.Module):
         those the traced signatures capture, so the teacher's are not written."""
         variables = list(model.variables)
         tables = [m.lookup_table for m in model.submodules if hasattr(m, "lookup_table")]
+        stored = {slot.label: slot.layer.stored_variables() for slot in table_slots(model).values()
+                  if isinstance(slot.layer, PrunedTable)}
         if student_only:
             captured = {id(t) for f in self.functions.values() for t in f.captured_inputs}
             variables = [v for v in variables if id(v.handle) in captured]
             tables = [t for t in tables if id(t.resource_handle) in captured]
+            stored = {label: v for label, v in stored.items() if id(v["values"].handle) in captured}
         self.model_variables = variables
         self.lookup_tables = tables
+        # each pruned table's stored variables by its report label ("video", "augment/user"): what
+        # verify-export reads back to check every stored row against the checkpoint's
+        self.embedding_tables = stored
 
 
 def fine_rank_outputs(model: JointModel, cols: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -6,23 +6,33 @@ garbled or foreign file is an ExportError naming it), lists its signatures (as
 runs every warmup request through its signature (each signature must have
 one, and none may be refused), and compares every signature's outputs with the
 trained model's on a sample of evaluation data. The reference is the trained
-checkpoint with never-updated rows set to zero (the export's treatment of
-never-seen ids), so any difference is an export error. Every call goes through
+checkpoint with each row set to what the export reads for it (`prune.apply_pruning`:
+never-updated rows zero, and with the export's rules rare rows their OOV row,
+small rows zero) and, for a float16 or int8 export, every row stored and
+dequantized as the export stores it (`prune.round_tables`), so any difference
+beyond TOLERANCE is an export error. Every stored row of the export, read back
+from its variables and dequantized, must also lie within half a quantization
+step of the checkpoint's row (`quantize.half_step`, computed from the
+checkpoint's row; a pruned row reads zeros). Every call goes through
 `requests.call_signature`.
 """
+import os
+
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
-from serving.savedmodel.layout import resolve_version_dir
+from serving.savedmodel.layout import MANIFEST, resolve_version_dir
 from serving.savedmodel.opening import export_spec, open_export
-from serving.savedmodel.prune import zero_never_updated
+from serving.savedmodel.prune import ZERO_ROW, PruneRules, apply_pruning, round_tables, table_slots
+from serving.savedmodel.quantize import FORMATS, dequantize, half_step, table_format
 from serving.savedmodel.requests import call_signature
 from serving.savedmodel.signatures import fine_rank_outputs
 from serving.savedmodel.warmup import read_warmup, replay_warmup, signature_inputs
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
+from trainer.errors import ExportError
 from trainer.evaluation import metrics
 from trainer.spec.sides import user_columns
 from trainer.training.trained import load_trained
@@ -40,10 +50,14 @@ class Verification:
     # "student click" / "teacher click" -> (AUC of the checkpoint as trained, AUC of the export) on the rows:
     # what pruning (never-updated rows read zeros) changes, as a metric
     auc: dict[str, tuple[float, float]] = field(default_factory=dict)
+    embeddings: str = "float32"
+    # table -> (max |stored row dequantized - checkpoint row|, values beyond half a quantization step)
+    rows_checked: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return all(d <= TOLERANCE for d in self.max_diff.values())
+        return all(d <= TOLERANCE for d in self.max_diff.values()) and \
+            all(bad == 0 for _, bad in self.rows_checked.values())
 
 
 def describe_signatures(loaded, manifest: dict | None = None) -> str:
@@ -107,8 +121,13 @@ def verify_export(path: str, data: str | list[str] | None = None, batches: int =
     read = [batch for _, batch in zip(range(batches), pipeline)]
     scored = [n for n in ("pairwise", "fine_rank") if n in names]
     as_trained = [{n: reference_outputs(model, n, b["features"], _rows(b)) for n in scored} for b in read]
-    if manifest["pruned"]:  # the reference from here on: never-updated rows read zeros, as in the export
-        zero_never_updated(model, manifest["checkpoint"])
+    if manifest["pruned"]:  # the reference from here on: each row reads what the export reads for it (dropped
+        # rows zeros, rows dropped as rare their OOV row)
+        apply_pruning(model, manifest["checkpoint"], PruneRules(**manifest.get("prune_rules") or {}))
+    result.embeddings = _embeddings(export_dir, manifest)
+    small = manifest.get("float32_max_rows", 0)  # exports before small tables stayed float32: none did
+    result.rows_checked = check_stored_rows(model, loaded, result.embeddings, small)
+    round_tables(model, result.embeddings, small)  # ... and every row is what the export stores, dequantized
     exported: list[dict] = []
     for i, batch in enumerate(read):
         features, n = batch["features"], _rows(batch)
@@ -126,6 +145,37 @@ def verify_export(path: str, data: str | list[str] | None = None, batches: int =
                 result.max_diff[label] = max(result.max_diff.get(label, 0.0), diff)
     result.auc = _aucs(model, read, as_trained, exported)
     return result
+
+
+def _embeddings(export_dir: str, manifest: dict) -> str:
+    """The export's embedding format (exports before formats existed stored float32)."""
+    value = manifest.get("embeddings", "float32")
+    if value not in FORMATS:
+        raise ExportError(f"{os.path.join(export_dir, MANIFEST)}: 'embeddings' is {value!r}; expected one of "
+                          f"{', '.join(FORMATS)}")
+    return value
+
+
+def check_stored_rows(model, loaded, embeddings: str, float32_max_rows: int = 0) -> dict[str, tuple[float, int]]:
+    """Per table the export stores (its `embedding_tables`): every row read back from the export's variables
+    through its index and dequantized, against `model`'s row (the checkpoint's, never-updated rows zeroed):
+    (max |difference|, values beyond half a quantization step of the checkpoint's value). A row the export
+    pruned must read zeros (its bound is 0). Tables of at most `float32_max_rows` rows are float32 (bound 0)."""
+    slots = table_slots(model)
+    out = {}
+    for label, stored in getattr(loaded, "embedding_tables", {}).items():
+        arrays = {k: v.numpy() for k, v in stored.items()}
+        index = arrays.pop("index", None)
+        rows = dequantize(arrays)
+        want = slots[label].layer.embeddings.numpy()
+        got = rows if index is None else rows[index]
+        bound = half_step(want, table_format(embeddings, len(want), float32_max_rows))
+        if index is not None:  # pruned rows are zeros by design, not by rounding
+            bound = np.where((index == ZERO_ROW)[:, None], 0.0, bound)
+            want = np.where((index == ZERO_ROW)[:, None], 0.0, want)
+        error = np.abs(got - want)
+        out[label] = (float(np.max(error, initial=0.0)), int(np.sum(error > bound)))
+    return out
 
 
 def _rows(batch: dict) -> int:

@@ -121,11 +121,15 @@ class ServedModel:
         """Switch the user vector to the ONNX user tower if it is this export's model and agrees with it."""
         feeds = RawFeeds(onnx_dir, "user_vector")
         doc = feeds.doc
+        formats = (doc.get("embeddings", "float32"), self.manifest.get("embeddings", "float32"))
+        rules = [{k: v for k, v in (d.get("prune_rules") or {}).items() if v is not None} for d in (doc, self.manifest)]
         same = doc.get("checkpoint") == self.manifest["checkpoint"] and \
-            doc.get("spec_fingerprint") == self.manifest["spec_fingerprint"] and self.manifest["pruned"]
+            doc.get("spec_fingerprint") == self.manifest["spec_fingerprint"] and self.manifest["pruned"] and \
+            formats[0] == formats[1] and rules[0] == rules[1]
         if not same:
-            self.onnx_note = (f"{onnx_dir} was exported from {doc.get('checkpoint')}, not this export's "
-                              f"{self.manifest['checkpoint']} (pruned: {self.manifest['pruned']})")
+            self.onnx_note = (f"{onnx_dir} was exported from {doc.get('checkpoint')} ({formats[0]} tables, pruning "
+                              f"rules {rules[0]}), not this export's {self.manifest['checkpoint']} (pruned: "
+                              f"{self.manifest['pruned']}, {formats[1]} tables, pruning rules {rules[1]})")
             return
         session = user_tower_session(onnx_dir, feeds)
         want, _ = self.savedmodel_user_vector(user)

@@ -2,7 +2,9 @@
 
 One step: the model's `compute_losses` under a GradientTape, gradients split
 by `route_variables` (FTRL for embedding tables, AdaGrad for the rest), both
-applied. The checkpoint holds the model, both optimizers' slots, the step and
+applied, and the rows each table read counted (`trainer.training.usage`: per trained table, reads per row,
+logged as `usage/` at evaluations; summed over the workers). The checkpoint holds the model, both optimizers'
+slots, the usage counts, the step and
 (on a single worker) the input iterator's position, so a job killed at any
 moment resumes from its last checkpoint and ends at the same step count, having
 read every example once per epoch (with `training.deterministic`, with the very
@@ -50,6 +52,7 @@ from trainer.training.checkpoints import latest_checkpoint, restore, saved_objec
 from trainer.training.distribution import cluster_size, is_chief
 from trainer.training.layout import HISTORY_FILE, TENSORBOARD_DIR, WORKERS_DIR, checkpoint_dir
 from trainer.training.optimizers import create_slots, make_optimizers, route_variables
+from trainer.training.usage import CHECKPOINT_KEY as USAGE, UsageCounts
 
 
 @dataclass
@@ -119,12 +122,13 @@ class Loop:
             # resumed with more training.epochs finishes its saved pipeline, then reads the extra epochs.
             self.epochs_read = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_read")
             self.pipeline_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="pipeline_epochs")
+            self.usage = UsageCounts(self.model.embedding_tables)  # rows read per table (`trainer.training.usage`)
         self.chief = is_chief(strategy)
         self.total_steps = self._total_steps(steps_per_epoch)
         self.estimated_steps = self.total_steps or (steps_per_epoch * self.training.epochs if steps_per_epoch else None)
         self.eval_every = evaluation_cadence(self.training.eval_every, self.estimated_steps)
         self.state = {"model": self.model, "ftrl": self.ftrl, "adagrad": self.adagrad, "step": self.step,
-                      "epochs_read": self.epochs_read, "pipeline_epochs": self.pipeline_epochs}
+                      "epochs_read": self.epochs_read, "pipeline_epochs": self.pipeline_epochs, USAGE: self.usage}
         self.dataset = self.iterator = self.checkpoint = self.manager = self.reading = None  # run() starts the data
         self.scratch = None if self.chief else worker_dir(model_dir, strategy)
         if self.scratch:
@@ -245,6 +249,7 @@ class Loop:
         replicas = self.strategy.num_replicas_in_sync
         routing = route_variables(model)
         seed = self.training.seed
+        usage = self.usage
 
         def replica_step(batch: dict) -> dict[str, tf.Tensor]:
             with tf.GradientTape() as tape:
@@ -253,6 +258,7 @@ class Loop:
                 scaled = losses["loss/total"] / replicas
             grads = tape.gradient(scaled, routing.embedding + routing.dense)
             n = len(routing.embedding)
+            usage.count(grads[:n], routing.embedding)
             if n:
                 ftrl.apply_gradients([(g, v) for g, v in zip(grads[:n], routing.embedding) if g is not None])
             adagrad.apply_gradients([(g, v) for g, v in zip(grads[n:], routing.dense) if g is not None])
@@ -329,8 +335,14 @@ class Loop:
         restarts its data. One written by a single worker holds one that workers ignore.
         """
         saved = saved_objects(path)
-        state = {k: v for k, v in self.state.items() if k in saved or k not in ("epochs_read", "pipeline_epochs")}
+        optional = ("epochs_read", "pipeline_epochs", USAGE)  # absent from older checkpoints
+        state = {k: v for k, v in self.state.items() if k in saved or k not in optional}
         restore(tf.train.Checkpoint(**state), path)
+        if USAGE not in saved:  # trained before usage counts existed: they count from here on
+            self.usage.counted_from.assign(self.step)
+            if self.chief:
+                print(f"note: {path} holds no usage counts (trained before they existed); they count from step "
+                      f"{int(self.step.numpy())}, and an export will not prune by usage")
         if self.multi_worker:
             self._start_data()
         elif "data" in saved:  # the saved pipeline, at its saved position
@@ -408,14 +420,14 @@ class Loop:
             if self.eval_every and step % self.eval_every == 0:
                 self.evaluate(step)
                 if self.chief:  # a full scan of every table: at evaluations, not every log line (~4% a step)
-                    self.log(step, self.zero_row_shares())
+                    self.log(step, {**self.zero_row_shares(), **self.usage.summary()})
             if step % t.checkpoint_every == 0:
                 self.manager.save(checkpoint_number=step)
                 saved_step = step
         step = int(self.step.numpy())
         if self.chief and step > start_step:  # the end of the run (where the final validation is logged too)
             self.log(step, {k: float(v) for k, v in losses.items()})  # a run shorter than log_every has a point
-            self.log(step, self.zero_row_shares())
+            self.log(step, {**self.zero_row_shares(), **self.usage.summary()})
         if saved_step != step:
             self.manager.save(checkpoint_number=step)
         if self.scratch:
