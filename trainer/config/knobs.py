@@ -206,6 +206,12 @@ class TrainingConfig:
     eval_batches: int | None = knob(None, "batches read per evaluation (default: all)", minimum=1)
     teacher_dir: str | None = knob(None, "mode student: model directory of the trained teacher")
     progress: bool = knob(True, "show a progress bar")
+    min_shard_mb: float = knob(64.0, "parameter-server jobs: an embedding table is split by rows into shards of at "
+                                     "least this many MB (its weights alone), at most one per parameter server; a "
+                                     "smaller table stays one variable on one of them", above=0)
+    cluster_grace_seconds: int = knob(120, "parameter-server jobs: how long worker and parameter-server tasks wait "
+                                           "for a chief that stopped answering (killed) to come back before they "
+                                           "exit; they exit at once when the chief finishes", minimum=1)
     max_table_gb: float = knob(8.0, "largest embedding table one machine trains, in GB with FTRL's two slots "
                                     "(rows x dim x 4 bytes x 3); a larger one is refused", above=0)
 
