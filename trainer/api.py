@@ -233,6 +233,9 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     if isinstance(loop, CoordinatedLoop):
         log("parameter servers: " + ", ".join(f"table {name} in {n} shard{'s' if n > 1 else ''}"
                                               for name, n in loop.table_shards().items()))
+        if t.deterministic:
+            log("note: training.deterministic does not apply to a parameter-server job (each worker reads its own "
+                "shuffled order; see the README's Parameter servers)")
     corrupt.report(list(loop.skipped.values()), log, "training: ")
     if loop.latest_checkpoint:
         log(f"resuming from {loop.latest_checkpoint}")

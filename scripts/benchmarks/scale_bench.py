@@ -75,6 +75,7 @@ def train_args(spec: str, data: str, model_dir: str, batch: int, steps: int, log
             "--set", f"training.batch_size={batch}", "--set", f"training.max_steps={steps}",
             "--set", f"training.log_every={log_every}", "--set", f"training.checkpoint_every={steps}",
             "--set", "training.eval_every=0", "--set", "training.progress=false",
+            "--set", "training.epochs=1000",  # one machine: the data repeat as on the cluster (max_steps ends it)
             "--set", "training.min_shard_mb=1", "--set", "training.shuffle_buffer=2000",
             "--set", "model.student.user_tower=[32,16]", "--set", "model.student.item_tower=[32,16]",
             "--set", "model.teacher.experts=2", "--set", "model.teacher.expert_layers=[32]",
@@ -127,7 +128,9 @@ def job(label: str, args: list[str], work: str, batch: int, cluster: bool, timeo
             if time.time() > deadline:
                 raise TimeoutError(f"{label}: still running after {timeout} s (logs in {work})")
             if procs["chief"].poll() not in (None, 0):
-                raise RuntimeError(f"{label}: the chief failed (see {work}/chief.log)")
+                with open(os.path.join(work, "chief.log")) as fh:
+                    tail = fh.read()[-3000:]
+                raise RuntimeError(f"{label}: the chief failed:\n{tail}")
             time.sleep(0.5)
     finally:
         for p in procs.values():

@@ -4,8 +4,9 @@ Under ParameterServerStrategy a table may be a `ShardedVariable` (its rows split
 across the parameter servers, "div" partitioning: consecutive blocks of rows,
 the first shards one row longer). Its rows are then looked up with
 `tf.nn.embedding_lookup`, which reads each shard's own rows (`tf.gather` would
-first concatenate every shard), and whatever reads a whole table reads it shard
-by shard (`shards`). Each shard is initialised where it lives, from its own
+first concatenate every shard; called eagerly, on the chief, `lookup_each_shard`
+instead: eagerly, `tf.nn.embedding_lookup` copies each shard to the caller),
+and whatever reads a whole table reads it shard by shard (`shards`). Each shard is initialised where it lives, from its own
 rows: the random initializers draw the shard's values only, and
 `glorot_uniform` computes its fans from the shard's shape (so a sharded table
 starts with a wider range than the same table unsharded: sqrt(6 / (shard rows
@@ -46,6 +47,29 @@ def _creating_table():
 def shards(variable: tf.Variable) -> list[tf.Variable]:
     """The variables holding `variable`'s rows, in row order: its shards, or itself when it is not sharded."""
     return list(variable.variables) if isinstance(variable, ShardedVariable) else [variable]
+
+
+def lookup_each_shard(table: ShardedVariable, rows: tf.Tensor) -> tf.Tensor:
+    """The rows of a sharded table ("div" partitioned), each shard's gathered on its own device.
+
+    What `tf.nn.embedding_lookup` computes, for eager calls (the chief building the model): executed eagerly,
+    that function copies every shard whole to the caller before gathering (inside a tf.function, as in every
+    training step and evaluation, it gathers where the shards live).
+    """
+    parts = table.variables
+    sizes = [int(p.shape[0]) for p in parts]
+    ends = tf.constant([sum(sizes[:i + 1]) for i in range(len(sizes) - 1)], rows.dtype)
+    flat = tf.reshape(rows, [-1])
+    which = tf.searchsorted(ends, flat, side="right")  # the shard of each row
+    positions, pieces, start = [], [], 0
+    for i, part in enumerate(parts):
+        where = tf.cast(tf.where(tf.equal(which, i))[:, 0], tf.int32)
+        with tf.device(part.device):
+            pieces.append(part.sparse_read(tf.gather(flat, where) - start))
+        positions.append(where)
+        start += sizes[i]
+    values = tf.dynamic_stitch(positions, pieces)
+    return tf.reshape(values, tf.concat([tf.shape(rows), tf.shape(values)[1:]], axis=0))
 
 
 class EmbeddingTable(tf.keras.layers.Layer):
@@ -90,7 +114,12 @@ class EmbeddingTable(tf.keras.layers.Layer):
         return tf.concat([tf.zeros([zero, values.shape[1]], values.dtype), values[zero:]], axis=0)
 
     def call(self, rows: tf.Tensor) -> tf.Tensor:
-        lookup = tf.nn.embedding_lookup if isinstance(self.embeddings, ShardedVariable) else tf.gather
+        if not isinstance(self.embeddings, ShardedVariable):
+            lookup = tf.gather
+        elif tf.executing_eagerly():
+            lookup = lookup_each_shard
+        else:
+            lookup = tf.nn.embedding_lookup
         if isinstance(rows, tf.RaggedTensor):
             return tf.ragged.map_flat_values(lookup, self.embeddings, rows)
         return lookup(self.embeddings, rows)

@@ -16,6 +16,7 @@ running may run again), and the end of the data: the job runs for a step count (
 epochs' estimated steps). TFRecord and CSV only: the Parquet reader runs in a py_function, in the coordinator's
 process, which the workers cannot call.
 """
+import contextlib
 import dataclasses
 
 import tensorflow as tf
@@ -23,10 +24,11 @@ import tensorflow as tf
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.data.read_errors import translate_errors
-from trainer.errors import ConfigError
+from trainer.errors import ClusterError, ConfigError
 from trainer.layers.embedding import shards
-from trainer.training.cluster_server import mark_done
+from trainer.training.cluster_server import answers, mark_done
 from trainer.training.checkpoints import restore
+from trainer.training.distribution import cluster_from_env
 from trainer.training.layout import checkpoint_dir
 from trainer.training.loop import Loop
 from trainer.training.optimizers import create_slots, route_variables
@@ -106,7 +108,7 @@ class CoordinatedLoop(Loop):
                 last = self.coordinator.schedule(self._train_step, args=(self.iterator,))
             self.coordinator.join()
             losses = last.fetch() if last is not None else {}
-        ran = int(self.step.numpy()) - step
+            ran = int(self.step.numpy()) - step
         if ran:
             self._call_losses = {k: tf.constant(v) for k, v in losses.items()}
         return ran, ran * self.training.batch_size, False
@@ -118,6 +120,30 @@ class CoordinatedLoop(Loop):
         every = [t.log_every, t.checkpoint_every] + ([self.eval_every] if self.eval_every else [])
         n = min(e - step % e for e in every)
         return min(n, self.total_steps - step) if self.total_steps is not None else n
+
+    @contextlib.contextmanager
+    def _parameter_servers_answering(self):
+        """A parameter server that stopped answering (the variables it held are gone: a step, a checkpoint or a
+        log fails on it) fails the job with a ClusterError naming it and saying how to resume; a worker's failure
+        never gets here (the coordinator survives it)."""
+        try:
+            yield
+        except Exception as exc:  # the coordinator's own error classes are not in TensorFlow's public API
+            original = getattr(exc, "original_exception", exc)
+            if not isinstance(original, (tf.errors.UnavailableError, tf.errors.AbortedError)):
+                raise
+            cluster, _ = cluster_from_env()
+            gone = [f"ps {i} ({address})" for i, address in enumerate(cluster.get("ps", [])) if not answers(address)]
+            if not gone:
+                raise
+            latest = self.latest_checkpoint
+            resume = f"resumes from {latest}" if latest else "starts again (no checkpoint yet)"
+            raise ClusterError(f"{', '.join(gone)} stopped answering: the variables it held are lost; restart it, "
+                               f"then rerun the same command on the chief, which {resume}") from None
+
+    def run(self):
+        with self._parameter_servers_answering():
+            return super().run()
 
     # ---- the loop ----
     def restore(self, path: str) -> None:

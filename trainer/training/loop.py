@@ -479,9 +479,8 @@ class Loop:
             if len(parts) == 1:
                 zero = tf.reduce_all(tf.equal(parts[0], 0.0), axis=1)
                 share = float(tf.reduce_mean(tf.cast(zero, tf.float32)))
-            else:
-                share = sum(int(tf.reduce_sum(tf.cast(tf.reduce_all(tf.equal(p, 0.0), axis=1), tf.int64)))
-                            for p in parts) / layer.num_rows
+            else:  # counted where each shard lives (a parameter server): only the count comes back
+                share = sum(int(zero_rows_of(p)) for p in parts) / layer.num_rows
             out[f"zero_rows/{layer.name.removeprefix('embedding_')}"] = share
         return out
 
@@ -505,6 +504,12 @@ class Loop:
                 if v is not None and np.isfinite(v):
                     tf.summary.scalar(k, v)
         self.writer.flush()
+
+
+def zero_rows_of(variable: tf.Variable) -> tf.Tensor:
+    """The number of all-zero rows of `variable`, counted on its device."""
+    with tf.device(variable.device):
+        return tf.reduce_sum(tf.cast(tf.reduce_all(tf.equal(variable, 0.0), axis=1), tf.int64))
 
 
 def remove_partial_checkpoints(directory: str) -> None:
