@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks.local_servers import free_ports
 from conftest import spec_text
-from test_training_job import free_ports
 from trainer.cli import main
 from trainer.data.datasets.synthetic import generate
 from trainer.errors import ModelDirError

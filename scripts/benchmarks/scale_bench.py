@@ -8,11 +8,12 @@ windows. The same data on one machine (no TF_CONFIG) is the single-machine figur
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+from benchmarks.local_servers import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIM = 16
@@ -35,16 +36,6 @@ features:
 labels:
   - {{name: click, type: binary}}
 """
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def peak_rss_mb(pid: int) -> float | None:
