@@ -22,10 +22,12 @@ import tensorflow as tf
 from benchmarks.local_servers import free_ports
 from conftest import spec_text
 from trainer.cli import main
+from trainer.config.cluster import parameter_servers
 from trainer.data.datasets.synthetic import generate
 from trainer.errors import ModelDirError
 from trainer.layers.embedding import EmbeddingTable, ShardedVariable, shards
 from trainer.spec import load_spec
+from trainer.spec.table_size import oversized_tables
 from trainer.training.checkpoints import restore
 from trainer.training.distribution import shard_count
 
@@ -95,6 +97,20 @@ def test_a_restore_still_refuses_a_checkpoint_missing_one_of_the_objects(tmp_pat
     assert a.numpy().tolist() == [1.0]
     with pytest.raises(ModelDirError, match="does not hold the model"):
         restore(tf.train.Checkpoint(a=a, b=b), path)
+
+
+def test_the_table_size_bound_is_per_parameter_server_on_a_ps_job(tmp_path, monkeypatch):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(spec_text("training_job"))
+    spec = load_spec(str(spec_path))  # the video table: 500 rows of dim 8, 48,000 bytes with FTRL's slots
+    limit = 30_000 / 1e9  # GB
+    assert [m for m in oversized_tables(spec, limit) if "table 'video'" in m]
+    assert not [m for m in oversized_tables(spec, limit, parameter_servers=2) if "table 'video'" in m]
+    assert "(2.4e-05 GB on each of 2 parameter servers)" in oversized_tables(spec, 20_000 / 1e9,
+                                                                             parameter_servers=2)[-1]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"],
+                                                            "ps": ["c:1", "d:1"]}, "task": {"type": "chief"}}))
+    assert parameter_servers() == 2  # what the configuration checks divide by (`check_against_spec`)
 
 
 # ---- one loopback cluster ----

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from trainer.config.cluster import parameter_servers
 from trainer.config.knobs import Config
 from trainer.config.loader import load_config, validate_config
 from trainer.data import corrupt
@@ -199,7 +200,8 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         skipped["fit"] = fitted.skipped
     log(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
         f"fitted on {fitted.rows} rows")
-    oversized = oversized_tables(spec, t.max_table_gb, {n: len(ids) for n, ids in fitted.vocabularies.items()})
+    oversized = oversized_tables(spec, t.max_table_gb, {n: len(ids) for n, ids in fitted.vocabularies.items()},
+                                 parameter_servers() if uses_parameter_servers(strategy) else 0)
     if oversized:  # tables of fitted vocabularies: their size is known only now
         raise ConfigError([SpecIssue(spec.path, None, "training.max_table_gb", message) for message in oversized])
     catalog = None

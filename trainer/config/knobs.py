@@ -213,7 +213,8 @@ class TrainingConfig:
                                            "for a chief that stopped answering (killed) to come back before they "
                                            "exit; they exit at once when the chief finishes", minimum=1)
     max_table_gb: float = knob(8.0, "largest embedding table one machine trains, in GB with FTRL's two slots "
-                                    "(rows x dim x 4 bytes x 3); a larger one is refused", above=0)
+                                    "(rows x dim x 4 bytes x 3); a larger one is refused (a parameter-server job: "
+                                    "its share of each parameter server)", above=0)
 
 
 @dataclass(frozen=True)

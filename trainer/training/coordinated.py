@@ -21,6 +21,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from trainer.config.cluster import cluster_from_env
 from trainer.data.input_config import InputConfig
 from trainer.data.pipeline import make_pipeline
 from trainer.data.read_errors import translate_errors
@@ -28,7 +29,6 @@ from trainer.errors import ClusterError, ConfigError
 from trainer.layers.embedding import shards
 from trainer.training.cluster_server import answers, mark_done
 from trainer.training.checkpoints import restore
-from trainer.training.distribution import cluster_from_env
 from trainer.training.layout import checkpoint_dir
 from trainer.training.loop import Loop
 from trainer.training.optimizers import create_slots, route_variables

@@ -10,34 +10,15 @@ tables are split by rows across the parameter servers (`table_partitioner`).
 Create the strategy before any other TensorFlow work in the process (a
 multi-worker strategy must come first).
 """
-import json
 import math
-import os
 
 import tensorflow as tf
 
+from trainer.config.cluster import cluster_from_env
 from trainer.errors import ConfigError
 from trainer.layers.embedding import building_table
 
 SERVER_TASKS = ("worker", "ps")  # the tasks of a parameter-server cluster that serve instead of training
-
-
-def cluster_from_env() -> tuple[dict[str, list[str]], dict]:
-    """(cluster, task) of TF_CONFIG ({} and {} when it is unset); ConfigError when it is malformed."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return {}, {}
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError.single("TF_CONFIG", "", f"not valid JSON: {exc}") from None
-    cluster = parsed.get("cluster", {}) if isinstance(parsed, dict) else None
-    if not isinstance(cluster, dict) or not all(isinstance(v, list) for v in cluster.values()):
-        raise ConfigError.single("TF_CONFIG", "",
-                                 f"expected {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, "
-                                 f"\"task\": {{\"type\": \"worker\", \"index\": i}}}}, got {raw}")
-    task = parsed.get("task", {})
-    return cluster, task if isinstance(task, dict) else {}
 
 
 def server_task() -> dict | None:
