@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--no-single", action="store_true", help="skip the single-machine runs")
+    parser.add_argument("--steps-per-call", type=int, default=10, help="training.steps_per_call (steps a "
+                        "scheduled call trains on a worker)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
@@ -49,7 +51,7 @@ def main() -> None:
                 label = f"{rows:,} rows, {'PS cluster' if cluster else 'one machine'}"
                 work = os.path.join(root, "cluster" if cluster else "single")
                 job_args = sb.train_args(spec, data, os.path.join(work, "model"), args.batch, args.steps,
-                                         args.log_every)
+                                         args.log_every, args.steps_per_call)
                 run = sb.job(label, job_args, work, args.batch, cluster)
                 print(f"{label}: {run.step_ms:.1f} ms/step, {run.examples_per_sec:,.0f} examples/s, peak RSS MB "
                       + ", ".join(f"{k} {v:,.0f}" for k, v in run.peak_rss_mb.items()) + f"; {run.shards}",

@@ -61,8 +61,10 @@ class Run:
     shards: str = ""
 
 
-def train_args(spec: str, data: str, model_dir: str, batch: int, steps: int, log_every: int) -> list[str]:
+def train_args(spec: str, data: str, model_dir: str, batch: int, steps: int, log_every: int,
+               steps_per_call: int = 10) -> list[str]:
     return [spec, "--model-dir", model_dir, "--data", data, "--no-validation",
+            "--set", f"training.steps_per_call={steps_per_call}",
             "--set", f"training.batch_size={batch}", "--set", f"training.max_steps={steps}",
             "--set", f"training.log_every={log_every}", "--set", f"training.checkpoint_every={steps}",
             "--set", "training.eval_every=0", "--set", "training.progress=false",

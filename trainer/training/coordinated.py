@@ -45,7 +45,6 @@ class CoordinatedLoop(Loop):
                                      "convert the data with `prerank convert --format tfrecord`")
         super().__init__(*args, **kwargs)
         self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy)
-        self._schedule = None
 
     def table_shards(self) -> dict[str, int]:
         """The shards of each embedding table (1: one variable on one parameter server)."""
@@ -90,22 +89,29 @@ class CoordinatedLoop(Loop):
 
     # ---- steps ----
     def make_train_step(self):
-        """The step the coordinator schedules: one batch from the worker's iterator, trained."""
-        one_step = self._step_function()
+        """What the coordinator schedules on a worker: scheduled(iterator, n) trains `n` steps, each on the next
+        batch of the worker's iterator, in a loop inside the graph (one call for `training.steps_per_call` steps:
+        fewer round trips to the chief); the last step's losses."""
+        one_step, specs = self._step_function(), self._loss_specs
 
-        def scheduled(iterator):
-            return one_step(next(iterator))
+        def scheduled(iterator, n: tf.Tensor):
+            zeros = {k: tf.zeros(v.shape, v.dtype) for k, v in specs.items()}
+            _, losses = tf.while_loop(lambda i, losses: i < n, lambda i, losses: (i + 1, one_step(next(iterator))),
+                                      (tf.constant(0, tf.int64), zeros))
+            return losses
 
         return tf.function(scheduled, autograph=False)
 
     def _train_call(self, step: int) -> tuple[int, int, bool]:
-        """Schedule the steps up to the next log, evaluation or checkpoint on the workers and wait for them:
-        (steps run, rows trained, False); the last step's losses go into `_call_losses`."""
-        n = self._steps_to_next_event(step)
+        """Schedule the steps up to the next log, evaluation or checkpoint on the workers (calls of
+        `training.steps_per_call` steps) and wait for them: (steps run, rows trained, False); the last call's
+        losses go into `_call_losses`."""
+        n, per_call = self._steps_to_next_event(step), self.training.steps_per_call
         last = None
         with translate_errors(self.spec, self.reading.files, self.reading.plan):
-            for _ in range(n):
-                last = self.coordinator.schedule(self._train_step, args=(self.iterator,))
+            for start in range(0, n, per_call):
+                steps = tf.constant(min(per_call, n - start), tf.int64)
+                last = self.coordinator.schedule(self._train_step, args=(self.iterator, steps))
             self.coordinator.join()
             losses = last.fetch() if last is not None else {}
             ran = int(self.step.numpy()) - step
@@ -115,7 +121,7 @@ class CoordinatedLoop(Loop):
 
     def _steps_to_next_event(self, step: int) -> int:
         """The steps scheduled from `step` before the loop waits: up to the next log, evaluation, checkpoint or the
-        end (not capped by `training.steps_per_call`: each scheduled step is one batch)."""
+        end (in calls of `training.steps_per_call` steps, see `_train_call`)."""
         t = self.training
         every = [t.log_every, t.checkpoint_every] + ([self.eval_every] if self.eval_every else [])
         n = min(e - step % e for e in every)
