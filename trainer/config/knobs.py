@@ -195,7 +195,8 @@ class TrainingConfig:
     steps_per_call: int = knob(10, "training steps run by one call of the compiled step (a loop over the batches "
                                    "inside the graph: fewer Python round trips); a call ends early at the steps where "
                                    "a log, evaluation or checkpoint is due, so they land on the same steps, and the "
-                                   "weights are the same for any value; single worker (a multi-worker job runs one "
+                                   "weights are the same for any value; single worker, and each call a "
+                                   "parameter-server job schedules on a worker (a MultiWorkerMirrored job runs one "
                                    "step a call)", minimum=1, maximum=10_000)
     log_every: int = knob(50, "steps between TensorBoard scalars / history lines", minimum=1)
     checkpoint_every: int = knob(500, "steps between checkpoints", minimum=1)
