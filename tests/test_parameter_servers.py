@@ -230,6 +230,7 @@ def ps_job(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_ps_job_shards_its_tables_survives_a_dead_worker_and_its_tasks_exit_when_the_chief_finishes(ps_job):
     assert "table user in 2 shards, table video in 2 shards" in ps_job["first"]
     assert "table hour in 1 shard" in ps_job["first"]
@@ -240,6 +241,7 @@ def test_a_ps_job_shards_its_tables_survives_a_dead_worker_and_its_tasks_exit_wh
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_chief_killed_with_sigkill_resumes_from_its_last_checkpoint_on_the_same_servers(ps_job):
     killed_after = ps_job["killed_after"]
     checkpoints = os.path.join(ps_job["model_dir"], "checkpoints")
@@ -247,6 +249,7 @@ def test_a_chief_killed_with_sigkill_resumes_from_its_last_checkpoint_on_the_sam
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_parameter_server_killed_fails_the_job_clearly_and_the_rerun_resumes_with_rows_and_ftrl_slots(ps_job):
     lost_after = ps_job["ps_lost_after"]
     assert lost_after > ps_job["killed_after"]
@@ -274,6 +277,7 @@ def test_a_parameter_server_killed_fails_the_job_clearly_and_the_rerun_resumes_w
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_ps_checkpoint_exports_on_one_machine_and_passes_verify_export(ps_job, tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     base = str(tmp_path / "export")
