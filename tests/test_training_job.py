@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from benchmarks.local_servers import free_ports
 from conftest import spec_text
 from trainer.cli import main
 from trainer.spec import load_spec
@@ -261,16 +261,6 @@ def test_resuming_refuses_a_changed_spec_or_model_knob_but_accepts_a_longer_run(
     assert metrics(model_dir)["training"]["resumed_from"] == 3
     assert checkpoint_state(model_dir) == (5, [3, 4, 5])
     assert history_steps(model_dir) == [2, 3, 4, 5]  # log_every 2 and the first run's end (3), then 1
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_workers(job, model_dirs: list[str], logs: str, *extra: str, validate: bool = True):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from trainer.config.cluster import parameter_servers
 from trainer.config.knobs import Config
 from trainer.config.loader import load_config, validate_config
 from trainer.data import corrupt
@@ -46,7 +47,8 @@ from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
 from trainer.spec.loader import as_spec
 from trainer.spec.table_size import oversized_tables
 from trainer.spec.types import Spec
-from trainer.training.distribution import is_chief, strategy_from_env
+from trainer.training.coordinated import CoordinatedLoop
+from trainer.training.distribution import is_chief, strategy_from_env, uses_parameter_servers
 from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
 from trainer.training.loop import Loop
 from trainer.training.run_record import check_or_record
@@ -165,8 +167,8 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
       log: where progress lines go.
     """
     spec = as_spec(spec)
-    strategy = strategy or strategy_from_env()
     config = validate_config(config, spec) if config is not None else load_config(spec)
+    strategy = strategy or strategy_from_env(config.training.min_shard_mb)
     t, m = config.training, config.model
     data = resolve_data(data, spec, "train", purpose="training data")
     validation = None if validation is False else (validation or spec.data.validation)
@@ -198,7 +200,8 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         skipped["fit"] = fitted.skipped
     log(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
         f"fitted on {fitted.rows} rows")
-    oversized = oversized_tables(spec, t.max_table_gb, {n: len(ids) for n, ids in fitted.vocabularies.items()})
+    oversized = oversized_tables(spec, t.max_table_gb, {n: len(ids) for n, ids in fitted.vocabularies.items()},
+                                 parameter_servers() if uses_parameter_servers(strategy) else 0)
     if oversized:  # tables of fitted vocabularies: their size is known only now
         raise ConfigError([SpecIssue(spec.path, None, "training.max_table_gb", message) for message in oversized])
     catalog = None
@@ -226,7 +229,15 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         return {**flatten(evaluate_validation(model, step), prefix="eval"), **marker} if validation else {}
 
     steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
-    loop = Loop(spec, config, model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate, skip_corrupt)
+    loop_class = CoordinatedLoop if uses_parameter_servers(strategy) else Loop
+    loop = loop_class(spec, config, model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate,
+                      skip_corrupt)
+    if isinstance(loop, CoordinatedLoop):
+        log("parameter servers: " + ", ".join(f"table {name} in {n} shard{'s' if n > 1 else ''}"
+                                              for name, n in loop.table_shards().items()))
+        if t.deterministic:
+            log("note: training.deterministic does not apply to a parameter-server job (each worker reads its own "
+                "shuffled order; see the README's Parameter servers)")
     corrupt.report(list(loop.skipped.values()), log, "training: ")
     if loop.latest_checkpoint:
         log(f"resuming from {loop.latest_checkpoint}")

@@ -199,8 +199,15 @@ def _train(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)  # first, without TensorFlow: a bad spec or config is refused in a blink
     config = load_config(spec, args.config, args.set)
     import_tensorflow(getattr(args, "verbose", False))
-    from trainer.training.distribution import strategy_from_env
-    strategy = strategy_from_env()  # before other TensorFlow work: a multi-worker strategy must exist first
+    from trainer.training.distribution import server_task, strategy_from_env
+    task = server_task()
+    if task is not None:  # a worker or ps task of a parameter-server cluster: it serves the chief
+        from trainer.training.cluster_server import serve
+        why = serve(task, args.model_dir, config.training.cluster_grace_seconds)
+        print(f"{task['type']} {task.get('index', 0)}: stopped serving ({why})", flush=True)
+        return
+    # before other TensorFlow work: a multi-worker strategy must exist first
+    strategy = strategy_from_env(config.training.min_shard_mb)
     from trainer.api import train
     validation = False if args.no_validation else args.validation
     train(spec, config, args.model_dir, data=args.data, validation=validation, strategy=strategy,

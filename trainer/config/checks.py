@@ -2,6 +2,7 @@
 import math
 from collections.abc import Callable
 
+from trainer.config.cluster import parameter_servers
 from trainer.config.derived import id_dropout_tables
 from trainer.config.knobs import MAX_ID_DROPOUT, Component, Config
 from trainer.registry import DISTILLATION_LOSSES, TOWERS
@@ -14,7 +15,7 @@ from trainer.spec.types import Spec
 def check_against_spec(config: Config, spec: Spec, issue: Callable[[Path, str], None]) -> None:
     """Checks that need the spec or several knobs at once."""
     s, t, m = config.model.student, config.training, config.model
-    for message in oversized_tables(spec, t.max_table_gb):
+    for message in oversized_tables(spec, t.max_table_gb, parameter_servers=parameter_servers()):
         issue(("training", "max_table_gb"), message)
     if m.teacher.target_attention and not attention_pairs(spec):
         issue(("model", "teacher", "target_attention"), "no user-side sequence feature reads the embedding table of "

@@ -195,7 +195,8 @@ class TrainingConfig:
     steps_per_call: int = knob(10, "training steps run by one call of the compiled step (a loop over the batches "
                                    "inside the graph: fewer Python round trips); a call ends early at the steps where "
                                    "a log, evaluation or checkpoint is due, so they land on the same steps, and the "
-                                   "weights are the same for any value; single worker (a multi-worker job runs one "
+                                   "weights are the same for any value; single worker, and each call a "
+                                   "parameter-server job schedules on a worker (a MultiWorkerMirrored job runs one "
                                    "step a call)", minimum=1, maximum=10_000)
     log_every: int = knob(50, "steps between TensorBoard scalars / history lines", minimum=1)
     checkpoint_every: int = knob(500, "steps between checkpoints", minimum=1)
@@ -206,8 +207,15 @@ class TrainingConfig:
     eval_batches: int | None = knob(None, "batches read per evaluation (default: all)", minimum=1)
     teacher_dir: str | None = knob(None, "mode student: model directory of the trained teacher")
     progress: bool = knob(True, "show a progress bar")
+    min_shard_mb: float = knob(64.0, "parameter-server jobs: an embedding table is split by rows into shards of at "
+                                     "least this many MB (its weights alone), at most one per parameter server; a "
+                                     "smaller table stays one variable on one of them", above=0)
+    cluster_grace_seconds: int = knob(120, "parameter-server jobs: how long worker and parameter-server tasks wait "
+                                           "for a chief that stopped answering (killed) to come back before they "
+                                           "exit; they exit at once when the chief finishes", minimum=1)
     max_table_gb: float = knob(8.0, "largest embedding table one machine trains, in GB with FTRL's two slots "
-                                    "(rows x dim x 4 bytes x 3); a larger one is refused", above=0)
+                                    "(rows x dim x 4 bytes x 3); a larger one is refused (a parameter-server job: "
+                                    "its share of each parameter server)", above=0)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ class InputConfig:
     shuffle_buffer: int = 10_000  # records; 0 disables shuffling
     epochs: int | None = 1  # passes over the data; None repeats forever
     deterministic: bool = False  # fixed order and seeded shuffles (tests, reproducible runs)
-    seed: int = 0  # seed of the shuffles
+    seed: int | None = 0  # seed of the shuffles (None: the graph's seed, or a random one without it)
     num_workers: int = 1  # sharding across workers: by file (Parquet: by row group)
     worker_index: int = 0
     cycle_length: int = 4  # files (Parquet: row groups) read in parallel

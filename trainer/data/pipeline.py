@@ -67,14 +67,20 @@ def resolve_files(patterns: str | Sequence[str]) -> list[str]:
 
 
 def make_pipeline(spec: Spec, patterns: str | Sequence[str], config: InputConfig = InputConfig(),
-                  fmt: str | None = None, compression: str | None = None) -> InputPipeline:
+                  fmt: str | None = None, compression: str | None = None,
+                  probed: InputPipeline | None = None) -> InputPipeline:
     """Build the pipeline over the files matching `patterns` (format defaults to the spec's; the compression
-    too, for TFRecord and CSV: Parquet compresses inside its files)."""
-    fmt = fmt or spec.data.format
-    compression = compression or spec.data.compression
-    files = resolve_files(patterns)
-    plan = probe_files(spec, files, fmt, compression, skip_corrupt=config.skip_corrupt)
-    skipped = corrupt.scan(spec, plan, files) if config.skip_corrupt else []
+    too, for TFRecord and CSV: Parquet compresses inside its files). `probed`: an earlier pipeline over the same
+    files, whose files, probe and corrupt records are reused instead of reading the files again (a pipeline
+    built inside a tf.function, e.g. on a parameter-server job's workers, cannot probe them)."""
+    if probed is not None:
+        files, plan, skipped = probed.files, probed.plan, probed.skipped
+    else:
+        fmt = fmt or spec.data.format
+        compression = compression or spec.data.compression
+        files = resolve_files(patterns)
+        plan = probe_files(spec, files, fmt, compression, skip_corrupt=config.skip_corrupt)
+        skipped = corrupt.scan(spec, plan, files) if config.skip_corrupt else []
     dataset = read_records(files, plan, config, skipped, raw_columns(spec))
     if config.shuffle_buffer > 0:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed,

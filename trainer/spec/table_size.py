@@ -32,18 +32,24 @@ def training_bytes(rows: int, dim: int) -> int:
     return rows * dim * BYTES_PER_VALUE * TRAINED_COPIES
 
 
-def oversized_tables(spec: Spec, limit_gb: float, fitted_sizes: dict[str, int] | None = None) -> list[str]:
-    """One message for each table whose training memory (see `training_bytes`) exceeds `limit_gb`."""
+def oversized_tables(spec: Spec, limit_gb: float, fitted_sizes: dict[str, int] | None = None,
+                     parameter_servers: int = 0) -> list[str]:
+    """One message for each table whose training memory (see `training_bytes`) exceeds `limit_gb` on one machine:
+    with `parameter_servers` (a parameter-server job, whose large tables are split across them), the table's
+    share of each."""
     out = []
+    machines = max(parameter_servers, 1)
     for name, table in spec.tables.items():
         rows = table_rows(spec, name, (fitted_sizes or {}).get(name))
-        if rows is None or training_bytes(rows, table.dim) <= limit_gb * GB:
+        if rows is None or training_bytes(rows, table.dim) <= limit_gb * GB * machines:
             continue
+        where = (f"{_gb(training_bytes(rows, table.dim) / machines)} GB on each of {parameter_servers} parameter "
+                 "servers" if parameter_servers else "")
         out.append(f"table '{name}' (feature {', '.join(repr(f) for f in table.features)} of {spec.path}) has "
                    f"{rows:,} rows of dim {table.dim}: {_gb(training_bytes(rows, table.dim))} GB to train "
-                   f"with FTRL's two slots, more than training.max_table_gb = {limit_gb:g}; use fewer rows "
-                   "(buckets, max_size) or a smaller dim, or raise training.max_table_gb for a machine or "
-                   "parameter servers that hold it")
+                   f"with FTRL's two slots{f' ({where})' if where else ''}, more than training.max_table_gb = "
+                   f"{limit_gb:g}; use fewer rows (buckets, max_size) or a smaller dim, or raise "
+                   "training.max_table_gb for a machine that holds it, or train on (more) parameter servers")
     return out
 
 

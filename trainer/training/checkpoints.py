@@ -57,13 +57,29 @@ def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
     as they are now (another model's checkpoint, or one of another layout).
     """
     try:
-        checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        status = checkpoint.restore(path).expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError:
+            if _unmatched(checkpoint, status):
+                raise
     except _UNREADABLE as exc:
         raise _damaged(path, exc) from None
     except (AssertionError, ValueError) as exc:
         raise ModelDirError(f"{path}: this checkpoint does not hold the model the spec and config describe "
                             f"({_message(exc)[:300]}); was it written by another model or another version of "
                             "prerank? Train into a new --model-dir") from None
+
+
+def _unmatched(checkpoint: tf.train.Checkpoint, status) -> list:
+    """The objects of `checkpoint` that the restore `status` found no saved value for.
+
+    `assert_existing_objects_matched` also counts objects made during the restore: restoring the FTRL slots of a
+    sharded table (ParameterServerStrategy) makes a ShardedVariable of the slots' shards, which is not part of the
+    checkpoint (the shards are). So the check is repeated here over the checkpoint's own objects.
+    """
+    matched = {id(obj) for obj in status._checkpoint.object_by_proto_id.values()}  # private: no public view
+    return [obj for obj in tf.train.TrackableView(checkpoint).descendants() if id(obj) not in matched]
 
 
 def _damaged(path: str, exc: Exception) -> ModelDirError:

@@ -47,9 +47,10 @@ from trainer.data.pipeline import make_pipeline
 from trainer.data.read_errors import translate_errors
 from trainer.errors import ConfigError, DataError, ModelDirError
 from trainer.files import atomic_write
+from trainer.layers.embedding import shards
 from trainer.spec.types import Spec
 from trainer.training.checkpoints import latest_checkpoint, restore, saved_objects
-from trainer.training.distribution import cluster_size, is_chief
+from trainer.training.distribution import cluster_size, is_chief, uses_parameter_servers
 from trainer.training.layout import HISTORY_FILE, TENSORBOARD_DIR, WORKERS_DIR, checkpoint_dir
 from trainer.training.optimizers import create_slots, make_optimizers, route_variables
 from trainer.training.usage import CHECKPOINT_KEY as USAGE, UsageCounts
@@ -111,7 +112,7 @@ class Loop:
         self.skipped: dict[str, dict] = {}  # file -> the corrupt records left out of it (`corrupt.Skipped.as_dict`)
         self._logged: tuple[int, set[str]] = (-1, set())  # the last step logged, and the keys logged at it
         self.on_evaluate = on_evaluate
-        self.multi_worker = cluster_size(strategy) > 1
+        self.multi_worker = cluster_size(strategy) > 1 or uses_parameter_servers(strategy)
         with strategy.scope():
             self.model = build_model()
             sample = self._build()
@@ -486,9 +487,13 @@ class Loop:
         """Share of all-zero rows per embedding table (what pruning at export will remove)."""
         out = {}
         for layer in self.model.embedding_tables:
-            table = layer.embeddings
-            zero = tf.reduce_all(tf.equal(table, 0.0), axis=1)
-            out[f"zero_rows/{layer.name.removeprefix('embedding_')}"] = float(tf.reduce_mean(tf.cast(zero, tf.float32)))
+            parts = shards(layer.embeddings)  # a sharded table shard by shard: never concatenated
+            if len(parts) == 1:
+                zero = tf.reduce_all(tf.equal(parts[0], 0.0), axis=1)
+                share = float(tf.reduce_mean(tf.cast(zero, tf.float32)))
+            else:  # counted where each shard lives (a parameter server): only the count comes back
+                share = sum(int(zero_rows_of(p)) for p in parts) / layer.num_rows
+            out[f"zero_rows/{layer.name.removeprefix('embedding_')}"] = share
         return out
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -511,6 +516,12 @@ class Loop:
                 if v is not None and np.isfinite(v):
                     tf.summary.scalar(k, v)
         self.writer.flush()
+
+
+def zero_rows_of(variable: tf.Variable) -> tf.Tensor:
+    """The number of all-zero rows of `variable`, counted on its device."""
+    with tf.device(variable.device):
+        return tf.reduce_sum(tf.cast(tf.reduce_all(tf.equal(variable, 0.0), axis=1), tf.int64))
 
 
 def remove_partial_checkpoints(directory: str) -> None:

@@ -4,20 +4,25 @@ Both are the legacy tf.keras optimizers, whose kernels update only the rows a
 batch touched when the gradient is sparse (`tf.IndexedSlices` from
 `tf.gather`); the default (new) tf_keras FTRL rewrites the whole table every
 step. Which variable goes where is derived from the model: a variable owned by
-an `EmbeddingTable` layer is an embedding, everything else is dense.
+an `EmbeddingTable` layer is an embedding, everything else is dense. A sharded
+table (ParameterServerStrategy) is routed as its shards: gradients are taken
+with respect to each shard and each shard has its own slots (the optimizers
+then also know the table itself, so its slots are saved with it as one
+variable of the table's shape).
 """
 from dataclasses import dataclass
 
 import tensorflow as tf
 
 from trainer.config.knobs import FtrlConfig, ModelConfig
+from trainer.layers.embedding import shards
 
 Optimizer = tf.keras.optimizers.legacy.Optimizer
 
 
 @dataclass
 class Routing:
-    """The model's trainable variables by optimizer."""
+    """The model's trainable variables by optimizer (a sharded variable as its shards)."""
 
     embedding: list[tf.Variable]  # FTRL
     dense: list[tf.Variable]  # AdaGrad
@@ -26,8 +31,8 @@ class Routing:
 def route_variables(model: tf.keras.Model) -> Routing:
     """Split the model's trainable variables into embedding tables (`model.embedding_tables`) and the rest."""
     tables = {id(v) for layer in model.embedding_tables for v in layer.trainable_variables}
-    embedding = [v for v in model.trainable_variables if id(v) in tables]
-    dense = [v for v in model.trainable_variables if id(v) not in tables]
+    embedding = [s for v in model.trainable_variables if id(v) in tables for s in shards(v)]
+    dense = [s for v in model.trainable_variables if id(v) not in tables for s in shards(v)]
     return Routing(embedding, dense)
 
 

@@ -26,7 +26,8 @@ from trainer.training.layout import RUN_FILE, checkpoint_dir
 # job runs, not what is trained.
 RESUMABLE_KEYS = ("training.epochs", "training.max_steps", "training.log_every", "training.checkpoint_every",
                   "training.keep_checkpoints", "training.eval_every", "training.eval_batches", "training.progress",
-                  "training.max_table_gb", "training.steps_per_call")
+                  "training.max_table_gb", "training.steps_per_call", "training.min_shard_mb",
+                  "training.cluster_grace_seconds")
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
