@@ -30,6 +30,7 @@ from trainer.spec import load_spec
 from trainer.spec.table_size import oversized_tables
 from trainer.training.checkpoints import restore
 from trainer.training.distribution import shard_count
+from trainer.training.usage import read_counts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 64
@@ -230,7 +231,6 @@ def ps_job(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_ps_job_shards_its_tables_survives_a_dead_worker_and_its_tasks_exit_when_the_chief_finishes(ps_job):
     assert "table user in 2 shards, table video in 2 shards" in ps_job["first"]
     assert "table hour in 1 shard" in ps_job["first"]
@@ -241,7 +241,6 @@ def test_a_ps_job_shards_its_tables_survives_a_dead_worker_and_its_tasks_exit_wh
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_chief_killed_with_sigkill_resumes_from_its_last_checkpoint_on_the_same_servers(ps_job):
     killed_after = ps_job["killed_after"]
     checkpoints = os.path.join(ps_job["model_dir"], "checkpoints")
@@ -249,7 +248,6 @@ def test_a_chief_killed_with_sigkill_resumes_from_its_last_checkpoint_on_the_sam
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_parameter_server_killed_fails_the_job_clearly_and_the_rerun_resumes_with_rows_and_ftrl_slots(ps_job):
     lost_after = ps_job["ps_lost_after"]
     assert lost_after > ps_job["killed_after"]
@@ -274,10 +272,16 @@ def test_a_parameter_server_killed_fails_the_job_clearly_and_the_rerun_resumes_w
         # slots would start again at the initial accumulator, below what the earlier steps accumulated).
         assert np.all(after["accumulator"][changed] >= before["accumulator"][changed])
         assert np.any(before["accumulator"][changed] > before["accumulator"].min())
+        # Usage counts are kept by the sharded tables too (each shard's reads at its row offset): the step counted
+        # every row it changed, in whichever shard it lies, and no others went down.
+        (counts_before, _), (counts_after, _) = (read_counts(os.path.join(checkpoints, f"ckpt-{s}"))
+                                                 for s in (lost_after, lost_after + 1))
+        (name,) = [n for n in counts_after if n.removeprefix("embedding_") == table]
+        counted = counts_after[name] - counts_before[name]
+        assert counted.min() >= 0 and counted.sum() >= changed.sum() and np.all(counted[changed] > 0)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ps_cluster")  # one pytest-xdist worker, so that the suite starts one cluster
 def test_a_ps_checkpoint_exports_on_one_machine_and_passes_verify_export(ps_job, tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     base = str(tmp_path / "export")

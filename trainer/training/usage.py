@@ -16,12 +16,14 @@ rows. `counted_from` is the step counting began: 0, unless a model trained befor
 Under MultiWorkerMirroredStrategy the counts are mirrored variables with SUM aggregation: each worker's
 scatter-add in the replica step is all-reduced (its indices all-gathered, as for the tables' sparse
 gradients) and applied on every worker, so every worker holds the counts of the global batch and the
-checkpoint holds the sum over replicas. (Parameter servers are not a strategy of this trainer.)
+checkpoint holds the sum over replicas. Under parameter servers the counts of a table are one variable on a
+parameter server, and each shard's reads are added at the shard's row offset; a step a worker re-runs after a
+fault is counted again, so counts there are approximate.
 """
 import numpy as np
 import tensorflow as tf
 
-from trainer.layers.embedding import EmbeddingTable
+from trainer.layers.embedding import EmbeddingTable, shards
 
 CHECKPOINT_KEY = "usage"  # the counts' object in a training checkpoint
 
@@ -37,19 +39,26 @@ class UsageCounts(tf.Module):
                                            aggregation=tf.VariableAggregation.SUM) for t in trained}
         self.counted_from = tf.Variable(0, dtype=tf.int64, trainable=False, name="counted_from",
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self._table_of = {id(t.embeddings): t.name for t in trained}
+        # each variable holding a table's rows -> (table, its first row): a table sharded over parameter servers
+        # is trained shard by shard, and a shard's gradient indexes its own rows
+        self._table_of = {}
+        for t in trained:
+            first = 0
+            for shard in shards(t.embeddings):
+                self._table_of[id(shard)] = (t.name, first)
+                first += int(shard.shape[0])
 
     def count(self, gradients: list, variables: list[tf.Variable]) -> None:
         """Add the rows each table's gradient read (in a replica context, inside the training step). A table
         whose gradient is not sparse (not read through `tf.gather`) is a ValueError at trace time."""
         for gradient, variable in zip(gradients, variables):
-            name = self._table_of.get(id(variable))
-            if gradient is None or name is None:
+            if gradient is None or id(variable) not in self._table_of:
                 continue
+            name, first = self._table_of[id(variable)]
             if not isinstance(gradient, tf.IndexedSlices):
                 raise ValueError(f"embedding table {name}: its gradient is dense; usage counts need the rows "
                                  "read (a table must be read through tf.gather)")
-            indices = tf.reshape(tf.cast(gradient.indices, tf.int64), [-1])
+            indices = tf.reshape(tf.cast(gradient.indices, tf.int64), [-1]) + first
             self.counts[name].scatter_add(tf.IndexedSlices(tf.ones_like(indices), indices))
 
     def summary(self) -> dict[str, float]:
