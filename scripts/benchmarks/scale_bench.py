@@ -4,7 +4,9 @@ Every run is the real job: `python -m trainer.task` in five processes (a chief, 
 with their TF_CONFIG, on synthetic data of a spec whose `video_id` table has the given rows (Zipf-drawn ids).
 Each task's resident memory is sampled while it runs (its peak: the largest VmHWM seen). The step time leaves
 out the first log window (tracing, dataset start-up): from history.jsonl's `examples_per_sec` of the later
-windows. The same data on one machine (no TF_CONFIG) is the single-machine figure.
+windows. The same data on one machine (no TF_CONFIG) is the single-machine figure, and on two workers under
+MultiWorkerMirroredStrategy (a full copy of every table on each; `training.batch_size` is the global batch there
+too) the mirrored figure.
 """
 import json
 import os
@@ -94,11 +96,22 @@ def _rate(model_dir: str, batch: int) -> float:
     return len(later) / seconds
 
 
-def job(label: str, args: list[str], work: str, batch: int, cluster: bool, timeout: float = 1800) -> Run:
-    """Run the job (on a loopback cluster when `cluster`) and measure it."""
+SETUPS = {"ps": "PS cluster", "single": "one machine", "mirrored": "2 workers, MWMS"}  # setup -> its label
+
+
+def job(label: str, args: list[str], work: str, batch: int, setup: str, timeout: float = 1800) -> Run:
+    """Run the job in `setup` (SETUPS: a loopback PS cluster, one process, or two mirrored workers) and
+    measure it."""
     os.makedirs(work, exist_ok=True)
     procs: dict[str, subprocess.Popen] = {}
-    if cluster:
+    if setup == "mirrored":  # worker 0 is the chief: it writes the model directory and its log is chief.log
+        ports = free_ports(2)
+        spec = {"worker": [f"localhost:{p}" for p in ports]}
+        procs["worker1"] = _start(args, os.path.join(work, "worker1.log"),
+                                  {"cluster": spec, "task": {"type": "worker", "index": 1}})
+        procs["chief"] = _start(args, os.path.join(work, "chief.log"),
+                                {"cluster": spec, "task": {"type": "worker", "index": 0}})
+    elif setup == "ps":
         ports = free_ports(5)
         spec = {"chief": [f"localhost:{ports[0]}"], "worker": [f"localhost:{p}" for p in ports[1:3]],
                 "ps": [f"localhost:{p}" for p in ports[3:]]}
