@@ -381,8 +381,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           "tables and statistics was fitted as the spec defines it")
 
 
-def add_prune_rules(p: argparse.ArgumentParser) -> None:
-    """The export's opt-in pruning rules (`serving.savedmodel.prune.prune_rules` checks the values)."""
+def add_table_storage(p: argparse.ArgumentParser) -> None:
+    """How an export stores its tables: the embedding format and the opt-in pruning rules
+    (`serving.savedmodel.prune.prune_rules` checks the rules' values)."""
+    p.add_argument("--embeddings", default="float32", metavar="FORMAT",
+                   help="how the kept rows are stored: float32 (as trained, the default), float16, or int8 with "
+                        "a float16 scale and offset per row; dequantized in the graph at lookup")
     p.add_argument("--prune-rows-below", metavar="N",
                    help="drop the rows training read fewer than N times (the checkpoint's usage counts); their ids "
                         "read the table's learned out-of-vocabulary row. Opt-in: it changes scores")
@@ -535,10 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-only", action="store_true",
                    help="only the student's signatures (user_embedding, item_embedding, prerank, pairwise, "
                         "prerank_vectors) and the tables they read: no teacher, no cross or privileged tables")
-    p.add_argument("--embeddings", default="float32", metavar="FORMAT",
-                   help="how the kept rows are stored: float32 (as trained, the default), float16, or int8 with "
-                        "a float16 scale and offset per row; dequantized in the graph at lookup")
-    add_prune_rules(p)
+    add_table_storage(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("verify-export", help="load an export as TF Serving would, run its warmup requests and "
@@ -554,9 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--out", required=True, help="a new directory for the .onnx files, inputs.json and README.md")
     add_globs(p, "--data", "rows for the parity check (default: the spec's data.eval)")
-    p.add_argument("--embeddings", default="float32", metavar="FORMAT",
-                   help="how the kept rows are stored, as in `prerank export`: float32 (default), float16, int8")
-    add_prune_rules(p)
+    add_table_storage(p)
     p.set_defaults(func=_onnx)
 
     p = sub.add_parser("embed-items", help="item vectors of a whole catalog into a versioned store")

@@ -28,7 +28,6 @@ from trainer.data.read_errors import translate_errors
 from trainer.errors import ClusterError, ConfigError
 from trainer.layers.embedding import shards
 from trainer.training.cluster_server import answers, mark_done
-from trainer.training.checkpoints import restore
 from trainer.training.layout import checkpoint_dir
 from trainer.training.loop import Loop
 from trainer.training.optimizers import create_slots, route_variables
@@ -106,7 +105,7 @@ class CoordinatedLoop(Loop):
         """Schedule the steps up to the next log, evaluation or checkpoint on the workers (calls of
         `training.steps_per_call` steps) and wait for them: (steps run, rows trained, False); the last call's
         losses go into `_call_losses`."""
-        n, per_call = self._steps_to_next_event(step), self.training.steps_per_call
+        n, per_call = self._steps_until_event(step), self.training.steps_per_call
         last = None
         with translate_errors(self.spec, self.reading.files, self.reading.plan):
             for start in range(0, n, per_call):
@@ -118,14 +117,6 @@ class CoordinatedLoop(Loop):
         if ran:
             self._call_losses = {k: tf.constant(v) for k, v in losses.items()}
         return ran, ran * self.training.batch_size, False
-
-    def _steps_to_next_event(self, step: int) -> int:
-        """The steps scheduled from `step` before the loop waits: up to the next log, evaluation, checkpoint or the
-        end (in calls of `training.steps_per_call` steps, see `_train_call`)."""
-        t = self.training
-        every = [t.log_every, t.checkpoint_every] + ([self.eval_every] if self.eval_every else [])
-        n = min(e - step % e for e in every)
-        return min(n, self.total_steps - step) if self.total_steps is not None else n
 
     @contextlib.contextmanager
     def _parameter_servers_answering(self):
@@ -153,9 +144,9 @@ class CoordinatedLoop(Loop):
 
     # ---- the loop ----
     def restore(self, path: str) -> None:
-        """Restore the model, optimizers and step from checkpoint `path` (onto the parameter servers); the data
-        restart."""
-        restore(tf.train.Checkpoint(**self.state), path)
+        """Restore the model, optimizers, step and usage counts from checkpoint `path` (onto the parameter
+        servers); the data restart."""
+        self._restore_state(path)
         self._start_data()
 
     def _check_workers_agree(self, latest: str | None) -> None:

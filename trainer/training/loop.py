@@ -317,9 +317,13 @@ class Loop:
     def _steps_to_next_event(self, step: int) -> int:
         """The steps a call may run from `step`: `training.steps_per_call`, cut at the next step where a log,
         evaluation or checkpoint is due, or the run ends."""
+        return min(self.training.steps_per_call, self._steps_until_event(step))
+
+    def _steps_until_event(self, step: int) -> int:
+        """The steps from `step` to the next step where a log, evaluation or checkpoint is due, or the run ends."""
         t = self.training
         every = [t.log_every, t.checkpoint_every] + ([self.eval_every] if self.eval_every else [])
-        n = min([t.steps_per_call] + [e - step % e for e in every])
+        n = min(e - step % e for e in every)
         return min(n, self.total_steps - step) if self.total_steps is not None else n
 
     # ---- the loop ----
@@ -335,6 +339,19 @@ class Loop:
         A checkpoint written by a multi-worker job holds no input position: a single worker resuming it
         restarts its data. One written by a single worker holds one that workers ignore.
         """
+        saved = self._restore_state(path)
+        if self.multi_worker:
+            self._start_data()
+        elif "data" in saved:  # the saved pipeline, at its saved position
+            self._start_data(int(self.pipeline_epochs.numpy()) if "pipeline_epochs" in saved else None)
+            restore(tf.train.Checkpoint(data=self.iterator), path)
+        else:
+            print(f"note: {path} holds no input position (written by a multi-worker job); the data restart")
+            self._start_data()
+
+    def _restore_state(self, path: str) -> set[str]:
+        """Restore the model, optimizers, step and usage counts from checkpoint `path` (what it holds of the
+        objects older checkpoints lack); the names of the objects it holds."""
         saved = saved_objects(path)
         optional = ("epochs_read", "pipeline_epochs", USAGE)  # absent from older checkpoints
         state = {k: v for k, v in self.state.items() if k in saved or k not in optional}
@@ -344,14 +361,7 @@ class Loop:
             if self.chief:
                 print(f"note: {path} holds no usage counts (trained before they existed); they count from step "
                       f"{int(self.step.numpy())}, and an export will not prune by usage")
-        if self.multi_worker:
-            self._start_data()
-        elif "data" in saved:  # the saved pipeline, at its saved position
-            self._start_data(int(self.pipeline_epochs.numpy()) if "pipeline_epochs" in saved else None)
-            restore(tf.train.Checkpoint(data=self.iterator), path)
-        else:
-            print(f"note: {path} holds no input position (written by a multi-worker job); the data restart")
-            self._start_data()
+        return saved
 
     def barrier(self) -> None:
         """Multi-worker: return once every worker calls it (e.g. after the chief's evaluation, so that the
