@@ -24,7 +24,7 @@ from conftest import spec_text
 from trainer.cli import main
 from trainer.config.cluster import parameter_servers
 from trainer.data.datasets.synthetic import generate
-from trainer.errors import ModelDirError
+from trainer.errors import ConfigError, ModelDirError
 from trainer.layers.embedding import EmbeddingTable, ShardedVariable, shards
 from trainer.spec import load_spec
 from trainer.spec.table_size import oversized_tables
@@ -112,6 +112,17 @@ def test_the_table_size_bound_is_per_parameter_server_on_a_ps_job(tmp_path, monk
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"],
                                                             "ps": ["c:1", "d:1"]}, "task": {"type": "chief"}}))
     assert parameter_servers() == 2  # what the configuration checks divide by (`check_against_spec`)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("{not json", "TF_CONFIG: not valid JSON"),
+    ('{"cluster": {"ps": "c:1"}}', 'TF_CONFIG: expected {"cluster": {"worker": ["host:port", ...]}'),
+    ('[1, 2]', 'TF_CONFIG: expected {"cluster": {"worker": ["host:port", ...]}')])
+def test_a_malformed_tf_config_is_a_config_error_naming_it(raw, message, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", raw)
+    with pytest.raises(ConfigError) as info:
+        parameter_servers()
+    assert message in str(info.value)
 
 
 # ---- one loopback cluster ----
