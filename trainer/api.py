@@ -51,8 +51,9 @@ from trainer.training.coordinated import CoordinatedLoop
 from trainer.training.distribution import is_chief, strategy_from_env, uses_parameter_servers
 from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
 from trainer.training.loop import Loop
-from trainer.training.run_record import check_or_record
+from trainer.training.run_record import check_or_record, record_warm_start, warm_start_record
 from trainer.training.trained import load_trained, restore_teacher, trained_checkpoint
+from trainer.training.warm_start import WarmStart
 
 Log = Callable[[str], None]
 
@@ -144,7 +145,7 @@ def reuse_problems(fitted: Preprocessing, spec: Spec) -> list[str]:
 def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | list[str] | None = None,
           validation: str | list[str] | bool | None = None, strategy: tf.distribute.Strategy | None = None,
           skip_corrupt: bool = False, refit: bool = False, preprocessing: str | None = None,
-          log: Log = print) -> TrainResult:
+          warm_start: str | None = None, restart_schedule: bool = False, log: Log = print) -> TrainResult:
     """Train (or resume training) the model of `model_dir`.
 
     Args:
@@ -164,6 +165,11 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         only).
       preprocessing: a `prerank analyze` output directory to train with instead of fitting; it must match the
         spec table by table (`fit_definition`); copied into MODEL_DIR/preprocessing. Not with `refit`.
+      warm_start: a trained model directory to start from (daily retraining, `trainer.training.warm_start`): a
+        new MODEL_DIR gets its carried weights, optimizer slots and usage counts, continues its step, reads
+        training.warm_start_epochs epochs, and extends its fitted vocabularies with `data` (unless `refit` or
+        `preprocessing`). Ignored, with a note, when MODEL_DIR holds a checkpoint (it resumes its own).
+      restart_schedule: with `warm_start`, count steps from 0 (the distillation schedule ramps again).
       log: where progress lines go.
     """
     spec = as_spec(spec)
@@ -185,6 +191,7 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     resumed = check_or_record(model_dir, spec, config, record=chief, log=log)
     if refit and resumed:
         log(f"note: --refit ignored: {model_dir} holds checkpoints trained with its preprocessing")
+    carry, first_step = warm_start_plan(model_dir, spec, warm_start, restart_schedule, resumed, chief, log)
     skipped: dict[str, list[dict]] = {}
     if refit and preprocessing:
         raise ConfigError.single(spec.path, "preprocessing", "refit and a preprocessing to reuse exclude each other")
@@ -230,8 +237,9 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
 
     steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
     loop_class = CoordinatedLoop if uses_parameter_servers(strategy) else Loop
+    warm = carry is not None or first_step > 0 or warm_start_record(model_dir) is not None
     loop = loop_class(spec, config, model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate,
-                      skip_corrupt)
+                      skip_corrupt, carry, first_step, t.warm_start_epochs if warm else None)
     if isinstance(loop, CoordinatedLoop):
         log("parameter servers: " + ", ".join(f"table {name} in {n} shard{'s' if n > 1 else ''}"
                                               for name, n in loop.table_shards().items()))
@@ -267,6 +275,26 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     loop.barrier()  # the other workers wait for the chief's evaluation: all leave together
     return TrainResult(model_dir, result.step, result.steps_run, result.examples, result.seconds,
                        result.resumed_from, result.last_losses, summary.get("validation"), summary, skipped)
+
+
+def warm_start_plan(model_dir: str, spec: Spec, previous: str | None, restart_schedule: bool, resumed: bool,
+                    chief: bool, log: Log = print) -> tuple[WarmStart | None, int]:
+    """(what carries the previous model into MODEL_DIR before its first step, or None; the step the run counts
+    from). A directory with a checkpoint resumes it (its recorded warm start gives the step); a new one warm-started
+    from `previous` (or from the one its run.json names: a rerun after a kill before the first checkpoint) records
+    where it starts from at once."""
+    record = warm_start_record(model_dir)
+    if resumed:
+        if previous and (record is None or os.path.abspath(previous) != record["from"]):
+            log(f"note: --warm-start {previous} ignored: {model_dir} holds checkpoints, it resumes from its own")
+        return None, record["step"] if record else 0
+    previous = previous or (record["from"] if record else None)
+    if previous is None:
+        return None, 0
+    carry = WarmStart(previous, spec, restart_schedule)
+    if chief:
+        record_warm_start(model_dir, {"from": os.path.abspath(previous), "step": carry.step})
+    return carry, carry.step
 
 
 def noop_resume(model_dir: str, step: int, this_call: dict) -> dict:

@@ -211,7 +211,8 @@ def _train(args: argparse.Namespace) -> None:
     from trainer.api import train
     validation = False if args.no_validation else args.validation
     train(spec, config, args.model_dir, data=args.data, validation=validation, strategy=strategy,
-          skip_corrupt=args.skip_corrupt, refit=args.refit, preprocessing=args.preprocessing)
+          skip_corrupt=args.skip_corrupt, refit=args.refit, preprocessing=args.preprocessing,
+          warm_start=args.warm_start, restart_schedule=args.restart_schedule)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -379,6 +380,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--preprocessing", metavar="DIR",
                      help="train with this `prerank analyze` output instead of fitting; refused unless each of its "
                           "tables and statistics was fitted as the spec defines it")
+    parser.add_argument("--warm-start", metavar="PREV_MODEL_DIR",
+                        help="daily retraining: start a new --model-dir from PREV_MODEL_DIR's latest checkpoint "
+                             "(weights and optimizer slots of every table and part that still fits, table rows by "
+                             "id, usage counts), continue its step, read training.warm_start_epochs epochs, and "
+                             "extend its vocabularies with the new data (unless --refit or --preprocessing); what "
+                             "was carried and what started fresh is printed and recorded in run.json")
+    parser.add_argument("--restart-schedule", action="store_true",
+                        help="with --warm-start: count steps from 0, so the distillation weight ramps up again")
 
 
 def add_table_storage(p: argparse.ArgumentParser) -> None:

@@ -187,7 +187,11 @@ def evaluation_cadence(eval_every: int | None, steps: int | None) -> int:
 class TrainingConfig:
     batch_size: int = knob(1024, "examples per step (global, across workers)", minimum=1, maximum=1 << 24)
     epochs: int = knob(1, "passes over the training data", minimum=1)
-    max_steps: int | None = knob(None, "stop after this many steps (default: when the epochs end)", minimum=1)
+    max_steps: int | None = knob(None, "stop after this many steps (default: when the epochs end); a warm-started "
+                                       "run: this many steps after the step it continues from", minimum=1)
+    warm_start_epochs: int = knob(1, "passes over the training data of a warm-started run (`train --warm-start`: "
+                                     "the model has seen the earlier days; reading one day's rows again and again "
+                                     "overfits them)", minimum=1)
     shuffle_buffer: int = knob(10_000, "examples in the shuffle buffer (0: read in file order)")
     seed: int = knob(0, "seed of initialisation and shuffling")
     deterministic: bool = knob(False, "read and shuffle the training data in a fixed, seeded order (every epoch "

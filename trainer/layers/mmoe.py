@@ -144,6 +144,13 @@ class MMoE(tf.keras.layers.Layer):
             out[t] = tf.squeeze(self.towers[t](tf.reduce_sum(stacked * gate[:, :, None], axis=1)), -1)
         return out
 
+    def parts(self) -> dict[str, tf.keras.layers.Layer]:
+        """Its parts by attribute path: each expert, each task's gate and tower, each attention block (what a warm
+        start carries whole, or starts fresh, one by one)."""
+        return {**{f"experts/{i}": e for i, e in enumerate(self.experts)},
+                **{f"gates/{t}": g for t, g in self.gates.items()}, **{f"towers/{t}": t_ for t, t_ in self.towers.items()},
+                **{f"attention/{i}": a for i, a in enumerate(self.attention)}}
+
     def get_config(self) -> dict:
         return {**super().get_config(), "fields": self.input_fields, "tasks": self.tasks, "experts": self.num_experts,
                 "expert_layers": self.expert_layers, "task_tower": self.task_tower, "dropout": self.dropout,

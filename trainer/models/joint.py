@@ -286,6 +286,24 @@ class JointModel(tf.keras.Model):
         target = tf.math.log1p(tf.maximum(label, 0.0)) if spec_label.transform == "log1p" else label
         return self.regression.loss(target, output, weight)
 
+    def dense_parts(self) -> dict[str, tf.keras.layers.Layer]:
+        """The dense parts, by attribute path, a warm start carries whole or starts fresh whole
+        (`trainer.training.warm_start`): the student's towers and similarity, and each part of the teacher
+        (`MMoE.parts`). Embedding tables are carried row by row instead."""
+        student = {"user_tower": self.user_tower, "item_tower": self.item_tower,
+                   "similarity": self.similarity} if self.has_student else {}
+        return {**student, **{f"teacher/{path}": part for path, part in self.teacher.parts().items()}}
+
+    def table_name(self, layer: EmbeddingTable) -> str:
+        """The spec table whose ids index `layer`'s rows (an augmentation table's: its id feature's table)."""
+        for name, table in self.encoder.tables.items():
+            if table is layer:
+                return name
+        for side, table in getattr(self, "augment_tables", {}).items():
+            if table is layer:
+                return self.augment_features[side].embedding.table
+        raise KeyError(f"{layer.name} is not an embedding table of this model")
+
     @property
     def embedding_tables(self) -> list[EmbeddingTable]:
         """Every embedding table layer of the model (shared, teacher-own and augmentation tables)."""

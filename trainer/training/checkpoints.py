@@ -8,7 +8,9 @@ the file instead.
 """
 import os
 
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2  # the format of a checkpoint's object graph
 
 from trainer.data.records import clean_message
 from trainer.errors import ModelDirError
@@ -89,3 +91,95 @@ def _damaged(path: str, exc: Exception) -> ModelDirError:
 
 def _message(exc: Exception) -> str:
     return clean_message(exc.message) if isinstance(exc, tf.errors.OpError) else str(exc).strip().splitlines()[0]
+
+
+class SavedObjects:
+    """What a checkpoint holds, found by object path ("model/encoder/tables/user/embeddings": the attribute
+    names from the checkpoint's root down to the object), with each variable's optimizer slots; rows of a saved
+    table read as a slice of it (a warm start reads what it carries, never more: `read_rows`).
+
+    The path names an object however the model that wrote the checkpoint reached it, so another model whose
+    parts sit at the same attributes finds them (`trainer.training.warm_start`).
+    """
+
+    GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+    VALUE = "VARIABLE_VALUE"
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.reader = tf.train.load_checkpoint(path)
+            graph = trackable_object_graph_pb2.TrackableObjectGraph()
+            graph.ParseFromString(self.reader.get_tensor(self.GRAPH_KEY))
+        except _UNREADABLE as exc:
+            raise _damaged(path, exc) from None
+        self.nodes = list(graph.nodes)
+        self.shapes = self.reader.get_variable_to_shape_map()
+        self.dtypes = self.reader.get_variable_to_dtype_map()
+
+    def node(self, object_path: str) -> int | None:
+        """The node of the object at `object_path` ('/'-separated attribute names); None when there is none."""
+        node = 0
+        for name in object_path.split("/"):
+            children = {c.local_name: c.node_id for c in self.nodes[node].children}
+            if name not in children:
+                return None
+            node = children[name]
+        return node
+
+    def value_key(self, node: int | None) -> str | None:
+        """The checkpoint key of a variable node's value (None: not a saved variable)."""
+        if node is None:
+            return None
+        return next((a.checkpoint_key for a in self.nodes[node].attributes if a.name == self.VALUE), None)
+
+    def slot_key(self, optimizer: str, node: int | None, slot: str) -> str | None:
+        """The checkpoint key of optimizer `optimizer`'s (a root attribute: "ftrl") slot `slot` of variable node
+        `node` (None: not saved)."""
+        owner = self.node(optimizer)
+        if owner is None or node is None:
+            return None
+        found = next((s.slot_variable_node_id for s in self.nodes[owner].slot_variables
+                      if s.original_variable_node_id == node and s.slot_name == slot), None)
+        return self.value_key(found)
+
+    def variables_under(self, object_path: str) -> dict[str, list[int]]:
+        """The saved variables below `object_path` (slots left out): path relative to it -> shape."""
+        node = self.node(object_path)
+        out = {}
+        if node is None:
+            return out
+        stack = [(node, "")]
+        seen = {node}
+        while stack:
+            current, prefix = stack.pop()
+            key = self.value_key(current)
+            if key is not None:
+                out[prefix] = self.shapes[key]
+            for child in self.nodes[current].children:
+                if child.node_id not in seen:
+                    seen.add(child.node_id)
+                    stack.append((child.node_id, f"{prefix}/{child.local_name}" if prefix else child.local_name))
+        return out
+
+    def read(self, key: str) -> np.ndarray:
+        """A saved tensor, whole."""
+        try:
+            return self.reader.get_tensor(key)
+        except _UNREADABLE as exc:
+            raise _damaged(self.path, exc) from None
+
+    def read_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` of saved table `key` ([rows, dim]), reading only the span from the first to the last of them
+        (a shard's worth when the rows are a shard's)."""
+        shape = self.shapes[key]
+        if not len(rows):
+            return np.zeros([0, *shape[1:]], self.dtypes[key].as_numpy_dtype)
+        low, high = int(rows.min()), int(rows.max()) + 1
+        spec = " ".join(str(d) for d in shape) + f" {low},{high - low}" + ":-" * (len(shape) - 1)
+        try:
+            span = tf.raw_ops.RestoreV2(prefix=self.path, tensor_names=[key], shape_and_slices=[spec],
+                                        dtypes=[self.dtypes[key]])[0].numpy()
+        except _UNREADABLE as exc:
+            raise _damaged(self.path, exc) from None
+        return span[rows - low]

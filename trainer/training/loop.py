@@ -53,7 +53,9 @@ from trainer.training.checkpoints import latest_checkpoint, restore, saved_objec
 from trainer.training.distribution import cluster_size, is_chief, uses_parameter_servers
 from trainer.training.layout import HISTORY_FILE, TENSORBOARD_DIR, WORKERS_DIR, checkpoint_dir
 from trainer.training.optimizers import create_slots, make_optimizers, route_variables
+from trainer.training.run_record import record_warm_start
 from trainer.training.usage import CHECKPOINT_KEY as USAGE, UsageCounts
+from trainer.training.warm_start import WarmStart, describe
 
 
 @dataclass
@@ -92,7 +94,8 @@ class Loop:
     def __init__(self, spec: Spec, config: Config, model_dir: str, strategy: tf.distribute.Strategy,
                  build_model: Callable[[], tf.keras.Model], data: str | list[str], steps_per_epoch: int | None,
                  on_evaluate: Callable[[tf.keras.Model, int], dict[str, float]] | None = None,
-                 skip_corrupt: bool = False):
+                 skip_corrupt: bool = False, warm_start: WarmStart | None = None, first_step: int = 0,
+                 epochs: int | None = None):
         """
         Args:
           spec: the features the pipeline reads.
@@ -105,6 +108,11 @@ class Loop:
           on_evaluate: called as on_evaluate(model, step) every training.eval_every steps on the chief
             (`evaluation_cadence`); returns metrics to log.
           skip_corrupt: skip and count corrupt records instead of failing.
+          warm_start: carries a previous model into this one before the first step of a directory without a
+            checkpoint (`trainer.training.warm_start`); its record goes into MODEL_DIR/run.json.
+          first_step: the step the run starts counting from (a warm start's: the previous model's); max_steps
+            and the epochs' steps count from it.
+          epochs: passes over the data (default: training.epochs; a warm-started day: training.warm_start_epochs).
         """
         self.spec, self.config, self.model_dir, self.strategy = spec, config, model_dir, strategy
         self.training = config.training
@@ -112,6 +120,8 @@ class Loop:
         self.skipped: dict[str, dict] = {}  # file -> the corrupt records left out of it (`corrupt.Skipped.as_dict`)
         self._logged: tuple[int, set[str]] = (-1, set())  # the last step logged, and the keys logged at it
         self.on_evaluate = on_evaluate
+        self.warm_start, self.first_step = warm_start, first_step
+        self.epochs = epochs or self.training.epochs
         self.multi_worker = cluster_size(strategy) > 1 or uses_parameter_servers(strategy)
         with strategy.scope():
             self.model = build_model()
@@ -126,8 +136,10 @@ class Loop:
             self.usage = UsageCounts(self.model.embedding_tables)  # rows read per table (`trainer.training.usage`)
         self.chief = is_chief(strategy)
         self.total_steps = self._total_steps(steps_per_epoch)
-        self.estimated_steps = self.total_steps or (steps_per_epoch * self.training.epochs if steps_per_epoch else None)
-        self.eval_every = evaluation_cadence(self.training.eval_every, self.estimated_steps)
+        run_steps = self.total_steps - first_step if self.total_steps is not None else \
+            (steps_per_epoch * self.epochs if steps_per_epoch else None)
+        self.estimated_steps = first_step + run_steps if run_steps else None
+        self.eval_every = evaluation_cadence(self.training.eval_every, run_steps)
         self.state = {"model": self.model, "ftrl": self.ftrl, "adagrad": self.adagrad, "step": self.step,
                       "epochs_read": self.epochs_read, "pipeline_epochs": self.pipeline_epochs, USAGE: self.usage}
         self.dataset = self.iterator = self.checkpoint = self.manager = self.reading = None  # run() starts the data
@@ -179,7 +191,7 @@ class Loop:
         if self.multi_worker:
             epochs = None
         else:
-            epochs = epochs or max(t.epochs - read, 1)
+            epochs = epochs or max(self.epochs - read, 1)
             self.pipeline_epochs.assign(epochs)
         self.dataset = self.strategy.distribute_datasets_from_function(
             lambda ctx: self._dataset(ctx, epochs, t.seed + read))
@@ -224,7 +236,7 @@ class Loop:
         Without one, `epochs_read` stays as it is: a checkpoint holds it with the ended pipeline's position.
         """
         done = int(self.epochs_read.numpy()) + int(self.pipeline_epochs.numpy())
-        if done >= self.training.epochs:
+        if done >= self.epochs:
             return False
         self.epochs_read.assign(done)
         self._start_data()
@@ -234,12 +246,12 @@ class Loop:
         """max_steps; else the end of the data (single worker) or the estimate (workers must agree on a count)."""
         t = self.training
         if t.max_steps is not None:
-            return t.max_steps
+            return self.first_step + t.max_steps
         if self.multi_worker:
             if estimated is None:
                 raise ConfigError.single("config", "training.max_steps", "multi-worker training needs "
                                          "training.max_steps or a known data size")
-            return estimated * t.epochs
+            return self.first_step + estimated * self.epochs
         return None
 
     # ---- one step ----
@@ -363,6 +375,16 @@ class Loop:
                       f"{int(self.step.numpy())}, and an export will not prune by usage")
         return saved
 
+    def _warm_start(self) -> None:
+        """Carry the previous model into this one (`trainer.training.warm_start`); the chief prints and records
+        what was carried and what started fresh."""
+        with self.strategy.scope():
+            record = self.warm_start.apply(self.model, self.ftrl, self.adagrad, self.usage, self.step,
+                                           self.config.model.ftrl)
+        if self.chief:
+            print(describe(record))
+            record_warm_start(self.model_dir, record)
+
     def barrier(self) -> None:
         """Multi-worker: return once every worker calls it (e.g. after the chief's evaluation, so that the
         workers leave together: one leaving early looks like a failure to the others)."""
@@ -395,6 +417,8 @@ class Loop:
             self.restore(latest)
             resumed_from = int(self.step.numpy())
         else:
+            if self.warm_start is not None:
+                self._warm_start()
             self._start_data()
         if self.chief:  # the steps after the checkpoint are trained (and logged) again
             self._logged = (resumed_from or 0, repair_history(os.path.join(self.model_dir, HISTORY_FILE),

@@ -12,6 +12,7 @@ variable of the table's shape).
 """
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 from trainer.config.knobs import FtrlConfig, ModelConfig
@@ -60,3 +61,16 @@ def create_slots(optimizer: Optimizer, variables: list[tf.Variable]) -> None:
     what ParameterServerStrategy needs before its first scheduled step.
     """
     optimizer._create_all_weights(variables)  # private, see above
+
+
+def ftrl_linear_holding(weights: np.ndarray, accumulator: np.ndarray, config: FtrlConfig) -> np.ndarray:
+    """The FTRL linear slot under which rows of `weights` with accumulator `accumulator` keep their values.
+
+    FTRL does not update a weight, it recomputes it from its two slots at every update: w = (sign(z) * l1 - z) /
+    (sqrt(n) / lr + 2 * l2) where |z| > l1, else 0 (z the linear slot, n the accumulator; the legacy kernel with
+    learning_rate_power -0.5 and no beta). A row given new values must get the linear slot that yields them, or
+    its first update erases them: z = -(w * (sqrt(n) / lr + 2 * l2) + sign(w) * l1) (0 where w is 0).
+    """
+    quadratic = np.sqrt(accumulator.astype(np.float64)) / config.learning_rate + 2 * config.l2
+    w = weights.astype(np.float64)
+    return (-(w * quadratic + np.sign(w) * config.l1)).astype(np.float32)

@@ -138,3 +138,29 @@ def recorded_config(model_dir: str) -> Config:
     if not os.path.exists(path):
         raise ModelDirError(f"{model_dir}: not a trained model directory (no {RUN_FILE}); run `prerank train` first")
     return config_from_dict(read_run_record(path)["config"], path)
+
+
+WARM_START_KEY = "warm_start"  # run.json: where a warm-started directory started from, and what it carried
+
+
+def record_warm_start(model_dir: str, record: dict) -> None:
+    """Add (or replace) the warm-start record of MODEL_DIR/run.json (`trainer.training.warm_start`): at least
+    {"from": the previous model directory, "step": the step the run counts from}; after the carry, what was
+    carried, what started fresh and why, what was dropped."""
+    path = os.path.join(model_dir, RUN_FILE)
+    write_json_atomic(path, {**read_run_record(path), WARM_START_KEY: record})
+
+
+def warm_start_record(model_dir: str) -> dict | None:
+    """The warm-start record of MODEL_DIR/run.json; None for a directory that was not warm-started (or has no
+    run.json yet)."""
+    path = os.path.join(model_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    record = read_run_record(path).get(WARM_START_KEY)
+    if record is not None and not (isinstance(record, dict) and isinstance(record.get("step"), int)
+                                   and isinstance(record.get("from"), str)):
+        raise ModelDirError(f"{path}: '{WARM_START_KEY}' is not a warm-start record (an object with \"from\" and an "
+                            f"integer \"step\"), got {json.dumps(record)[:80]}; restore the run.json `prerank "
+                            "train` wrote")
+    return record

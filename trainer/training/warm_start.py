@@ -1,0 +1,339 @@
+"""Warm start: a new model directory's first weights from a previous model's latest checkpoint (daily retraining).
+
+`prerank train SPEC --model-dir NEW --warm-start PREV` builds NEW's model from its own spec and preprocessing,
+then, before its first step, carries from PREV's latest checkpoint what still fits:
+
+- Embedding tables, row by row, by id. A vocabulary table's rows follow their ids: an id PREV knew gets its
+  trained row wherever its index is now (with its FTRL slots and usage count); an id PREV did not know starts
+  from the out-of-vocabulary row it read in PREV (with several OOV rows, the one it hashed to), which is what
+  the model scored it with yesterday, with a fresh accumulator and the linear slot that holds that value
+  (`optimizers.ftrl_linear_holding`: FTRL recomputes a weight from its slots, so a row given values without
+  them is erased by its first update); its usage count starts at zero. The OOV rows are carried when their
+  number is unchanged. Hashed and bucketized tables (and file vocabularies, whose file is assumed unchanged
+  when its declaration is) are carried row by row when their declaration and row count are unchanged. A table
+  of another dimension starts fresh; a table whose ids changed type is refused (ConfigError naming the
+  feature): its ids cannot be matched.
+- Dense parts whole (`JointModel.dense_parts`: each student tower, the similarity, each teacher expert, task
+  gate, task tower, attention block), with their AdaGrad accumulators, when every variable of the part is
+  saved in PREV at the same place with the same shape and PREV's part has no other variables; otherwise the
+  whole part starts fresh (a tower whose sizes or inputs changed, a new task's gate and tower). Parts of PREV
+  that NEW lacks (a removed task or feature) are dropped.
+- The global step (`step`): NEW continues PREV's step count, so the distillation weight's schedule and
+  `drop_label_loss_after` continue where PREV left them instead of replaying the ramp from zero (`restart_schedule`
+  starts from step 0 instead).
+
+Nothing is carried into a directory that holds a checkpoint (a resumed job restores its own). The record of
+what was carried, what started fresh and why (`WarmStart.apply`'s result) goes into NEW's run.json.
+
+Under parameter servers each table is remapped shard by shard: the rows of one shard are read from PREV's
+checkpoint (a slice of the saved table, `SavedObjects.read_rows`) and assigned on the server holding it; no
+table is gathered whole on the chief.
+"""
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.errors import ConfigError, ModelDirError
+from trainer.layers.embedding import EmbeddingTable, shards
+from trainer.layers.encoder import IdLookup
+from trainer.models.joint import JointModel
+from trainer.preprocessing.fitted import Preprocessing
+from trainer.spec.types import Spec
+from trainer.training.checkpoints import SavedObjects, latest_checkpoint
+from trainer.training.layout import RUN_FILE, checkpoint_dir, preprocessing_dir
+from trainer.training.optimizers import ftrl_linear_holding
+from trainer.training.run_record import read_run_record, recorded_config, spec_content
+from trainer.training.usage import CHECKPOINT_KEY as USAGE
+
+VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+STEP_KEY = "step" + VALUE
+
+
+@dataclass
+class PreviousModel:
+    """The model directory a warm start reads: its latest checkpoint, preprocessing and recorded spec."""
+
+    directory: str
+    checkpoint: str
+    saved: SavedObjects
+    preprocessing: Preprocessing
+    features: dict[str, dict]  # the recorded spec's features, by name, as written in the spec file
+    step: int
+
+
+def open_previous(directory: str) -> PreviousModel:
+    """The previous model of a warm start; ModelDirError naming `directory` when it is not a trained model
+    directory."""
+    if not os.path.isfile(os.path.join(directory, RUN_FILE)):
+        raise ModelDirError(f"--warm-start {directory}: not a trained model directory (no {RUN_FILE})")
+    checkpoint = latest_checkpoint(directory)
+    if checkpoint is None:
+        raise ModelDirError(f"--warm-start {directory}: no checkpoint in {checkpoint_dir(directory)} to start from")
+    record = read_run_record(os.path.join(directory, RUN_FILE))
+    preprocessing = Preprocessing.load(preprocessing_dir(directory, recorded_config(directory)))
+    saved = SavedObjects(checkpoint)
+    return PreviousModel(directory, checkpoint, saved, preprocessing, record["spec"]["features"],
+                         int(saved.read(STEP_KEY)))
+
+
+@dataclass
+class RowSource:
+    """Where each row of a new table starts from in the previous table of the same name."""
+
+    rows: np.ndarray  # int64 [new rows]: the previous table's row; -1: fresh (its initial value)
+    new_ids: np.ndarray  # bool [new rows]: an id the previous vocabulary did not know (from its OOV row)
+    how: str  # "by id" or "row by row"
+
+
+class WarmStart:
+    """Carries a previous model into a new one before its first step (see the module docstring)."""
+
+    def __init__(self, previous_dir: str, spec: Spec, restart_schedule: bool = False):
+        """
+        Args:
+          previous_dir: the model directory to start from (its latest checkpoint).
+          spec: the new model's spec.
+          restart_schedule: start the global step (and with it the distillation schedule) from 0 instead of
+            continuing the previous model's.
+        """
+        self.spec, self.restart_schedule = spec, restart_schedule
+        self.previous = open_previous(previous_dir)
+        self.features = spec_content(spec)["features"]  # as written in the spec file, to compare with the previous
+        self._check_id_types()
+
+    @property
+    def step(self) -> int:
+        """The step the new model starts from: the previous model's, or 0 with `restart_schedule`."""
+        return 0 if self.restart_schedule else self.previous.step
+
+    def _check_id_types(self) -> None:
+        """Refuse (ConfigError naming the feature) a vocabulary table whose ids changed type: its rows cannot be
+        matched by id. Checked when the warm start is set up, before anything is fitted or built."""
+        previous = self.previous
+        for name, table in self.spec.tables.items():
+            if table.vocabulary.source not in ("data", "file"):
+                continue
+            for feature in (f for f in table.features if f in previous.features):
+                before = previous.features[feature].get("dtype") or "int64"
+                if before != table.dtype:
+                    raise ConfigError.single(self.spec.path, f"features.{feature}.dtype",
+                                             f"table '{name}' held {before} ids in --warm-start "
+                                             f"{previous.directory} and holds {table.dtype} ids now: its rows "
+                                             "cannot be matched by id; give the table another name (it then starts "
+                                             "fresh), or train without --warm-start")
+
+    def apply(self, model: JointModel, ftrl, adagrad, usage, step: tf.Variable, ftrl_config) -> dict:
+        """Assign the carried values to the built model's variables, optimizer slots, usage counts and step; the
+        record of what was carried and what started fresh (and why)."""
+        previous = self.previous
+        saved = previous.saved
+        paths = object_paths(model)
+        record = {"from": os.path.abspath(previous.directory), "checkpoint": previous.checkpoint,
+                  "step": self.step, "carried": {}, "fresh": {}, "tables": {},
+                  "dropped": []}
+        read: set[str] = set()
+        sources: dict[str, RowSource | str] = {}
+        for layer in [t for t in model.embedding_tables if t.trainable]:
+            name = model.table_name(layer)
+            if name not in sources:
+                sources[name] = self._row_source(model, previous, name, layer)
+            label = paths[id(layer)].removeprefix("model/")
+            outcome = self._carry_table(layer, paths[id(layer)], sources[name], saved, ftrl, usage, ftrl_config)
+            if isinstance(outcome, str):
+                record["fresh"][label] = outcome
+                continue
+            read.add(paths[id(layer)] + "/embeddings")
+            record["carried"][label] = sources[name].how
+            record["tables"][label] = outcome
+        in_parts = set()
+        for part_path, part in model.dense_parts().items():
+            variables = part.trainable_variables
+            in_parts.update(id(v) for v in variables)
+            if not variables:
+                continue
+            outcome = self._carry_part(paths[id(part)], variables, paths, saved, adagrad)
+            label = paths[id(part)].removeprefix("model/")
+            if isinstance(outcome, str):
+                record["fresh"][label] = outcome
+            else:
+                record["carried"][label] = "whole"
+                read.update(outcome)
+        tables = {id(v) for t in model.embedding_tables for v in t.variables}
+        for variable in model.trainable_variables:  # anything else: on its own, by place and shape
+            if id(variable) in in_parts or id(variable) in tables:
+                continue
+            path = paths[id(variable)]
+            outcome = self._carry_part(path, [variable], paths, saved, adagrad, single=True)
+            if isinstance(outcome, str):
+                record["fresh"][path.removeprefix("model/")] = outcome
+            else:
+                record["carried"][path.removeprefix("model/")] = "whole"
+                read.update(outcome)
+        record["dropped"] = dropped_parts(saved, read)
+        step.assign(record["step"])
+        return record
+
+    # ---- tables ----
+    def _row_source(self, model: JointModel, previous: PreviousModel, name: str,
+                    layer: EmbeddingTable) -> RowSource | str:
+        """Where table `name`'s rows come from in the previous model, or why it starts fresh."""
+        table = self.spec.tables[name]
+        now = self.features
+        shared = [f for f in table.features if f in previous.features]
+        if not shared:
+            return "its features are new"
+        source = table.vocabulary.source
+        if source == "data":
+            if name not in previous.preprocessing.vocabularies:
+                return "the previous table was not a fitted vocabulary"
+            return self._by_id(model, previous, name)
+        declared = ("vocabulary", "transform")
+        changed = [f for f in shared if any(now[f].get(k) != previous.features[f].get(k) for k in declared)]
+        if changed:
+            return f"the vocabulary or transform of {', '.join(changed)} changed"
+        return RowSource(np.arange(layer.num_rows, dtype=np.int64), np.zeros(layer.num_rows, bool), "row by row")
+
+    def _by_id(self, model: JointModel, previous: PreviousModel, name: str) -> RowSource:
+        lookup = model.encoder.lookups[name]
+        before = previous.preprocessing.vocabularies[name]
+        key = previous.saved.value_key(previous.saved.node(f"model/encoder/tables/{name}/embeddings"))
+        before_oov = previous.saved.shapes[key][0] - len(before) if key else lookup.oov_buckets
+        oov = lookup.oov_buckets
+        rows = np.full(lookup.rows, -1, np.int64)
+        new_ids = np.zeros(lookup.rows, bool)
+        if before_oov == oov:
+            rows[:oov] = np.arange(oov)
+        if lookup.vocabulary and before_oov > 0:
+            ids = tf.constant(lookup.vocabulary, tf.string if self.spec.tables[name].dtype == "string" else tf.int64)
+            old = IdLookup(self.spec.tables[name].dtype, before, before_oov)(ids).numpy().astype(np.int64)
+            rows[oov:] = old
+            new_ids[oov:] = old < before_oov
+        elif lookup.vocabulary:  # no OOV row before: the new ids start fresh
+            known = {v: i for i, v in enumerate(before)}
+            rows[oov:] = [known.get(v, -1) for v in lookup.vocabulary]
+        return RowSource(rows, new_ids, "by id")
+
+    def _carry_table(self, layer: EmbeddingTable, path: str, source: RowSource | str, saved: SavedObjects, ftrl,
+                     usage, ftrl_config) -> dict | str:
+        """Assign one table's carried rows, shard by shard, with their FTRL slots and usage counts; the counts of
+        rows carried, or why the table starts fresh."""
+        if isinstance(source, str):
+            return source
+        node = saved.node(path + "/embeddings")
+        key = saved.value_key(node)
+        if key is None:
+            return "not in the previous model"
+        before = saved.shapes[key]
+        if before[1] != layer.dim:
+            return f"its dimension changed ({before[1]} -> {layer.dim})"
+        slots = {slot: saved.slot_key("ftrl", node, slot) for slot in ("accumulator", "linear")}
+        take = source.rows >= 0
+        known = take & ~source.new_ids
+        first = 0
+        for shard in shards(layer.embeddings):
+            end = first + int(shard.shape[0])
+            rows, carry, keep = source.rows[first:end], take[first:end], known[first:end]
+            weights = shard.numpy()
+            weights[carry] = saved.read_rows(key, rows[carry])
+            accumulator = ftrl.get_slot(shard, "accumulator")
+            linear = ftrl.get_slot(shard, "linear")
+            acc, lin = accumulator.numpy(), linear.numpy()
+            if slots["accumulator"] and slots["linear"]:
+                acc[keep] = saved.read_rows(slots["accumulator"], rows[keep])
+                lin[keep] = saved.read_rows(slots["linear"], rows[keep])
+            else:  # the previous table was never updated: every carried row gets the slots holding its values
+                keep = np.zeros_like(keep)
+            fresh_slots = carry & ~keep
+            lin[fresh_slots] = ftrl_linear_holding(weights[fresh_slots], acc[fresh_slots], ftrl_config)
+            shard.assign(weights)
+            accumulator.assign(acc)
+            linear.assign(lin)
+            first = end
+        counts_key = f"{USAGE}/counts/{layer.name}{VALUE}"
+        if layer.name in usage.counts and counts_key in saved.shapes:
+            counts = np.zeros(layer.num_rows, np.int64)
+            counts[known] = saved.read_rows(counts_key, source.rows[known])
+            usage.counts[layer.name].assign(counts)
+        return {"rows": layer.num_rows, "carried": int(known.sum()), "new_ids_from_oov": int((take & ~known).sum()),
+                "fresh": int((~take).sum())}
+
+    # ---- dense parts ----
+    @staticmethod
+    def _carry_part(path: str, variables: list[tf.Variable], paths: dict[int, str], saved: SavedObjects, adagrad,
+                    single: bool = False) -> set[str] | str:
+        """Assign a dense part's variables and AdaGrad slots whole; the saved paths read, or why it starts fresh."""
+        if single:
+            node = saved.node(path)
+            key = saved.value_key(node)
+            if key is None:
+                return "not in the previous model"
+            wanted = {path: variables[0]}
+        else:
+            before = saved.variables_under(path)
+            if not before:
+                return "not in the previous model"
+            wanted = {paths[id(v)]: v for v in variables}
+            mine = {p.removeprefix(path + "/"): list(v.shape) for p, v in wanted.items()}
+            differ = sorted(f"{p}: {before.get(p)} -> {shape}" for p, shape in mine.items() if before.get(p) != shape)
+            differ += sorted(f"{p}: {shape} -> none" for p, shape in before.items() if p not in mine)
+            if differ:
+                return "its shapes changed (" + "; ".join(differ[:4]) + (" ..." if len(differ) > 4 else "") + ")"
+        for variable_path, variable in wanted.items():
+            node = saved.node(variable_path)
+            key = saved.value_key(node)
+            if list(saved.shapes[key]) != list(variable.shape):
+                return f"its shape changed ({saved.shapes[key]} -> {list(variable.shape)})"
+        for variable_path, variable in wanted.items():
+            node = saved.node(variable_path)
+            variable.assign(saved.read(saved.value_key(node)))
+            slot_key = saved.slot_key("adagrad", node, "accumulator")
+            if slot_key is not None and "accumulator" in adagrad.get_slot_names():
+                adagrad.get_slot(variable, "accumulator").assign(saved.read(slot_key))
+        return set(wanted)
+
+
+def object_paths(model: JointModel) -> dict[int, str]:
+    """id(object) -> its path in a training checkpoint ("model/encoder/tables/user"), breadth first from the
+    checkpoint's root as TensorFlow names them."""
+    paths: dict[int, str] = {}
+    queue = [(model, "model")]
+    paths[id(model)] = "model"
+    while queue:
+        following = []
+        for obj, path in queue:
+            for name, child in tf.train.TrackableView.children(obj).items():
+                if id(child) not in paths:
+                    paths[id(child)] = f"{path}/{name}"
+                    following.append((child, paths[id(child)]))
+        queue = following
+    return paths
+
+
+def dropped_parts(saved: SavedObjects, read: set[str]) -> list[str]:
+    """The parts of the previous model's (trainable) weights the new model did not take: their paths, grouped three
+    attributes deep below the model ("teacher/towers/like", "encoder/tables/old_feature")."""
+    groups = defaultdict(int)
+    for key in saved.shapes:
+        if not key.startswith("model/") or ".OPTIMIZER_SLOT" in key or not key.endswith(VALUE):
+            continue
+        path = key[:-len(VALUE)]
+        if path not in read:
+            groups["/".join(path.removeprefix("model/").split("/")[:3])] += 1
+    return sorted(groups)
+
+
+def describe(record: dict) -> str:
+    """The lines a job prints about a warm start."""
+    tables = record["tables"]
+    carried = sum(t["carried"] for t in tables.values())
+    new = sum(t["new_ids_from_oov"] for t in tables.values())
+    lines = [f"warm start from {record['checkpoint']} (continuing at step {record['step']}): "
+             f"{len(record['carried'])} parts carried ({len(tables)} tables: {carried:,} rows by id or row, "
+             f"{new:,} new ids from their OOV row)"]
+    lines += [f"  fresh: {name}: {why}" for name, why in sorted(record["fresh"].items())]
+    if record["dropped"]:
+        lines.append(f"  dropped (not in this model): {', '.join(record['dropped'])}")
+    return "\n".join(lines)
