@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # and its Python-side retracing notes
 
 import trainer  # noqa: E402,F401  (legacy Keras before TensorFlow)
-from trainer.errors import ConfigError, ExportError, IssuesError, PrerankError  # noqa: E402
+from trainer.errors import ConfigError, ExportError, IssuesError, ModelDirError, PrerankError  # noqa: E402
 from trainer.spec.types import FORMATS  # noqa: E402  (no TensorFlow)
 
 EXIT_BAD_INPUT = 2
@@ -137,17 +137,39 @@ def _analyze(args: argparse.Namespace) -> None:
     from trainer.data import corrupt
     from trainer.data.splits import resolve_data
     from trainer.preprocessing.analyze import analyze
+    from trainer.preprocessing.extend import extend_preprocessing, extension_summary
+    from trainer.preprocessing.fitted import Preprocessing
     from trainer.spec.loader import load_spec
     spec = load_spec(args.spec)
-    fitted = analyze(spec, resolve_data(args.data, spec, "train", purpose="data to analyze"),
-                     skip_corrupt=args.skip_corrupt)
+    data = resolve_data(args.data, spec, "train", purpose="data to analyze")
+    if args.extend:
+        fitted = extend_preprocessing(Preprocessing.load(_previous_preprocessing(args.extend)), spec, data,
+                                      skip_corrupt=args.skip_corrupt)
+    else:
+        fitted = analyze(spec, data, skip_corrupt=args.skip_corrupt)
     corrupt.report(fitted.skipped, print)  # preprocessing.json records them too
     path = fitted.save(args.out)
-    for table, ids in fitted.vocabularies.items():
-        print(f"vocabulary {table}: {len(ids)} ids")
-    for name, s in fitted.stats.items():
-        print(f"stats {name}: mean {s.mean:.4g} std {s.std:.4g} min {s.min:.4g} max {s.max:.4g}")
+    if args.extend:
+        print(extension_summary(fitted))
+    else:
+        for table, ids in fitted.vocabularies.items():
+            print(f"vocabulary {table}: {len(ids)} ids")
+        for name, s in fitted.stats.items():
+            print(f"stats {name}: mean {s.mean:.4g} std {s.std:.4g} min {s.min:.4g} max {s.max:.4g}")
     print(f"fitted on {fitted.rows} rows -> {path}")
+
+
+def _previous_preprocessing(previous: str) -> str:
+    """The preprocessing folder of `analyze --extend PREV`: PREV itself (a `prerank analyze` output) or
+    PREV/preprocessing (a model directory); ModelDirError naming PREV when it is neither."""
+    from trainer.preprocessing.fitted import FILE_NAME
+    from trainer.training.layout import PREPROCESSING_DIR
+    for folder in (previous, os.path.join(previous, PREPROCESSING_DIR)):
+        if os.path.isfile(os.path.join(folder, FILE_NAME)):
+            return folder
+    raise ModelDirError(f"--extend {previous}: neither a model directory (no {PREPROCESSING_DIR}/{FILE_NAME}) nor "
+                        f"a `prerank analyze` output (no {FILE_NAME}); a model trained as a student of a separate "
+                        "teacher extends its teacher's directory")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -478,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     add_globs(p, "--data", "files to fit on (default: the spec's data.train)")
     p.add_argument("--out", required=True, help="folder for preprocessing.json and vocab/")
+    p.add_argument("--extend", metavar="PREV",
+                   help="grow this previous fit (a model directory, or a `prerank analyze` output) with the data "
+                        "instead of fitting afresh: known ids keep their indices, new ids are appended by frequency "
+                        "up to max_size, statistics are kept unless redefined (see trainer/preprocessing/extend.py)")
     add_skip_corrupt(p)
     p.set_defaults(func=_analyze)
 

@@ -7,8 +7,12 @@ mean / std / min / max that `zscore` and `minmax` steps need (computed on the
 values after the steps before them). The result is saved beside the model
 (`preprocessing.json` + `vocab/<table>.txt`) and baked into the Keras layers,
 so an exported model takes raw values and no serving code re-implements it.
+
+`count_data` is that one pass (`extend.extend_preprocessing` grows a previous
+fit with it) and `frequent_ids` the vocabulary rule.
 """
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -22,21 +26,26 @@ from trainer.preprocessing.numeric import apply_steps_np, steps_before_normalisa
 from trainer.spec.types import Spec
 
 
+@dataclass
+class DataCounts:
+    """What one pass over the data counted."""
+
+    rows: int
+    skipped: list[dict]  # corrupt records left out, per file (`trainer.data.corrupt.Skipped.as_dict`)
+    ids: dict[str, Counter]  # `source: data` table -> id (str or int, as the vocabulary holds it) -> occurrences
+    stats: dict[str, NumericStats]  # normalised feature -> statistics of its values before the normaliser
+
+
 def _values(value) -> np.ndarray:
     if isinstance(value, tf.RaggedTensor):
         value = value.flat_values
     return np.asarray(value).reshape(-1)
 
 
-def analyze(spec: Spec, patterns: str | list[str], batch_size: int = 4096, skip_corrupt: bool = False) -> Preprocessing:
-    """Fit vocabularies and statistics on the files matching `patterns` (one pass).
-
-    Args:
-      spec: the features and tables to fit.
-      patterns: the training files (globs).
-      batch_size: rows read per batch.
-      skip_corrupt: leave corrupt records out (the result's `skipped` lists them per file) instead of failing.
-    """
+def count_data(spec: Spec, patterns: str | list[str], batch_size: int = 4096,
+               skip_corrupt: bool = False) -> DataCounts:
+    """Count the ids of every `source: data` table and the moments of every normalised feature (one pass);
+    DataError when the files hold no rows. Arguments as `analyze`'s."""
     data_tables = {t: table for t, table in spec.tables.items() if table.vocabulary.source == "data"}
     counters: dict[str, Counter] = {t: Counter() for t in data_tables}
     normalised = {f.name: f for f in spec.features if f.name in normalised_features(spec)}
@@ -61,17 +70,41 @@ def analyze(spec: Spec, patterns: str | list[str], batch_size: int = 4096, skip_
             extremes[name] = [min(low, x.min(initial=np.inf)), max(high, x.max(initial=-np.inf))]
     if rows == 0:
         raise DataError(f"no rows in {patterns}: cannot fit vocabularies or statistics")
-    result = Preprocessing(spec.name, spec.fingerprint, rows, skipped=[s.as_dict() for s in pipeline.skipped],
-                           definitions=definitions(spec))
-    for t, counter in counters.items():
-        vocab = data_tables[t].vocabulary
-        kept = sorted(((i, c) for i, c in counter.items() if c >= vocab.min_count), key=lambda ic: (-ic[1], ic[0]))
-        kept = kept[:vocab.max_size] if vocab.max_size else kept
-        decode = data_tables[t].dtype == "string"
-        result.vocabularies[t] = [i.decode() if decode else int(i) for i, _ in kept]
-        result.counts[t] = [int(c) for _, c in kept]
+    ids = {t: Counter({i.decode(): c for i, c in counter.items()}) if data_tables[t].dtype == "string"
+           else Counter({int(i): c for i, c in counter.items()}) for t, counter in counters.items()}
+    stats = {}
     for name, (n, s, ss) in moments.items():
         mean = s / max(n, 1)
         std = float(np.sqrt(max(ss / max(n, 1) - mean * mean, 0.0)))
-        result.stats[name] = NumericStats(float(mean), std, float(extremes[name][0]), float(extremes[name][1]), int(n))
+        stats[name] = NumericStats(float(mean), std, float(extremes[name][0]), float(extremes[name][1]), int(n))
+    return DataCounts(rows, [s.as_dict() for s in pipeline.skipped], ids, stats)
+
+
+def frequent_ids(counter: Counter, min_count: int, room: int | None = None,
+                 exclude: frozenset | set = frozenset()) -> tuple[list[tuple], list[tuple]]:
+    """(taken, left out): the (id, count) pairs of the ids counted at least `min_count` times (and not in
+    `exclude`), most frequent first, ties by id; `taken` holds the first `room` of them (all if None),
+    `left out` the rest."""
+    ranked = sorted(((i, c) for i, c in counter.items() if c >= min_count and i not in exclude),
+                    key=lambda ic: (-ic[1], ic[0]))
+    return (ranked, []) if room is None else (ranked[:room], ranked[room:])
+
+
+def analyze(spec: Spec, patterns: str | list[str], batch_size: int = 4096, skip_corrupt: bool = False) -> Preprocessing:
+    """Fit vocabularies and statistics on the files matching `patterns` (one pass).
+
+    Args:
+      spec: the features and tables to fit.
+      patterns: the training files (globs).
+      batch_size: rows read per batch.
+      skip_corrupt: leave corrupt records out (the result's `skipped` lists them per file) instead of failing.
+    """
+    counted = count_data(spec, patterns, batch_size, skip_corrupt)
+    result = Preprocessing(spec.name, spec.fingerprint, counted.rows, skipped=counted.skipped,
+                           definitions=definitions(spec), stats=counted.stats)
+    for t, counter in counted.ids.items():
+        vocab = spec.tables[t].vocabulary
+        kept, _ = frequent_ids(counter, vocab.min_count, vocab.max_size)
+        result.vocabularies[t] = [i for i, _ in kept]
+        result.counts[t] = [int(c) for _, c in kept]
     return result

@@ -43,11 +43,16 @@ def mismatches(spec: Spec, fitted: dict) -> list[str]:
             if name not in have:
                 problems.append(f"{noun} '{name}': not fitted (the spec needs it: {_describe(wanted)})")
                 continue
-            differ = [f"{key} {have[name].get(key)!r} (the spec: {value!r})" for key, value in wanted.items()
-                      if have[name].get(key) != value]
+            differ = differences(have[name], wanted)
             if differ:
-                problems.append(f"{noun} '{name}': fitted with {', '.join(differ)}")
+                problems.append(f"{noun} '{name}': fitted with {differ}")
     return problems
+
+
+def differences(fitted: dict, wanted: dict) -> str:
+    """How one recorded definition differs from the spec's ("" if it does not): "steps ['log1p'] (the spec: [])"."""
+    return ", ".join(f"{key} {fitted.get(key)!r} (the spec: {value!r})" for key, value in wanted.items()
+                     if fitted.get(key) != value)
 
 
 def _describe(definition: dict) -> str:

@@ -4,7 +4,9 @@ The result is saved as `preprocessing.json` + `vocab/<table>.txt` (one
 `id<TAB>count` a line, most frequent first) and baked into the Keras layers, so
 an exported model takes raw values and no serving code re-implements it.
 `preprocessing.json` also records the corrupt records the fit skipped
-(`skipped`: `trainer.data.corrupt.Skipped.as_dict` entries).
+(`skipped`: `trainer.data.corrupt.Skipped.as_dict` entries) and, for a fit that
+extended a previous one (`extend.extend_preprocessing`), what it kept, added
+and left out (`extension`).
 
 Loading checks what it reads: a file that is not what `save` writes is a
 ModelDirError naming the file, and the line or the key.
@@ -23,6 +25,14 @@ FILE_NAME = "preprocessing.json"
 # The end of the message for a preprocessing file that is not what `save` wrote.
 DAMAGED = (" (damaged, or not written by prerank: restore the copy that was fitted, or fit the preprocessing again "
            "with `prerank analyze` for a new model)")
+# The record of an extension (`extend.extend_preprocessing`), checked on load: its fields, one table's entry
+# ("extended" from the previous fit or "fitted" fresh) and one statistic's ("kept" with the new data's figures
+# beside, or "fitted" with the reason).
+EXTENSION_FIELDS = {"previous": str, "tables": dict, "stats": dict}
+TABLE_RECORD_FIELDS = {"status": str, "kept": int, "added": int, "left_out_ids": int, "left_out_occurrences": int,
+                       "dropped": int}
+STAT_RECORD_FIELDS = {"kept": {"status": str, "mean": float, "std": float, "new_mean": float, "new_std": float},
+                      "fitted": {"status": str, "reason": str}}
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,10 @@ class Preprocessing:
     skipped: list[dict] = field(default_factory=list)  # corrupt records left out of the fit, per file
     # what each table and statistic was fitted from (`fit_definition.definitions`); {} in fits older than it
     definitions: dict = field(default_factory=dict)
+    # for a fit that extended a previous one: {"previous": its directory, "tables": {table: TABLE_RECORD_FIELDS},
+    # "stats": {feature: STAT_RECORD_FIELDS[status]}}; {} for a plain fit
+    extension: dict = field(default_factory=dict)
+    loaded_from: str = field(default="", compare=False)  # the directory `load` read it from ("" if not loaded)
 
     def save(self, directory: str) -> str:
         """Write `preprocessing.json` and one vocabulary file per table, atomically."""
@@ -60,7 +74,7 @@ class Preprocessing:
                 "tables": {t: {"size": len(v), "dtype": "string" if v and isinstance(v[0], str) else "int64"}
                            for t, v in self.vocabularies.items()},
                 "stats": {n: vars(s) for n, s in self.stats.items()}, "skipped": self.skipped,
-                "definitions": self.definitions}
+                "definitions": self.definitions, "extension": self.extension}
         path = os.path.join(directory, FILE_NAME)
         atomic_write(path, json.dumps(meta, indent=2, sort_keys=True))
         return path
@@ -94,8 +108,11 @@ class Preprocessing:
         if not isinstance(definitions, dict) or not all(isinstance(definitions.get(k, {}), dict)
                                                         for k in ("tables", "stats")):
             check.fail("definitions", f"expected an object of 'tables' and 'stats', got {json.dumps(definitions)[:80]}")
+        extension = meta.get("extension", {})  # absent in fits older than it
+        if extension != {}:
+            check.extension(extension)
         return cls(meta["spec_name"], meta["spec_fingerprint"], meta["rows"], vocabularies, counts, stats, skipped,
-                   definitions)
+                   definitions, extension, loaded_from=directory)
 
     def check_matches(self, spec: Spec, directory: str) -> None:
         """Fail if this was fitted for another spec, or misses a table or statistic the spec needs."""
@@ -133,6 +150,19 @@ class _Checker:
             if isinstance(v, bool) or not ok:
                 wanted = {float: "a number", int: "an integer", str: "a string", dict: "an object"}[kind]
                 self.fail(where, f"expected {wanted}, got {json.dumps(v)[:80]}")
+
+    def extension(self, record) -> None:
+        """`record` must be what `extend.extend_preprocessing` writes under "extension"."""
+        self.mapping(record, "extension", EXTENSION_FIELDS)
+        for kind, statuses in (("tables", {"extended": TABLE_RECORD_FIELDS, "fitted": TABLE_RECORD_FIELDS}),
+                               ("stats", STAT_RECORD_FIELDS)):
+            for name, entry in record[kind].items():
+                key = f"extension.{kind}.{name}"
+                self.mapping(entry, key, {"status": str})
+                if entry["status"] not in statuses:
+                    self.fail(f"{key}.status", f"expected one of {', '.join(map(repr, statuses))}, "
+                                               f"got {entry['status']!r}")
+                self.mapping(entry, key, statuses[entry["status"]])
 
 
 def read_vocabulary(path: str, dtype: str, size: int) -> tuple[list, list[int]]:
