@@ -219,8 +219,15 @@ def ps_job(tmp_path_factory):
         servers["ps", 1].wait()
         second.wait(timeout=TIMEOUT)
         ps_lost_after = max(checkpoint_steps(model_dir))
-        serve("ps", 1)  # restarted, then the same command on the chief: it resumes, one more step
-        third = chief(ps_lost_after + 1, "chief_third")
+        serve("ps", 1)  # restarted
+        # a new model directory warm-started from the job's last checkpoint, one step, on the same servers
+        warm_dir = str(root / "warm")
+        warm_args = [warm_dir if a == model_dir else a for a in args]
+        warm = start(warm_args + ["--warm-start", model_dir, "--set", "training.max_steps=1"],
+                     str(root / "chief_warm.log"), {"cluster": cluster, "task": {"type": "chief", "index": 0}})
+        warm.wait(timeout=TIMEOUT)
+        assert warm.returncode == 0, read(str(root / "chief_warm.log"))
+        third = chief(ps_lost_after + 1, "chief_third")  # the same command on the chief: it resumes, one more step
         third.wait(timeout=TIMEOUT)
         assert third.returncode == 0, read(str(root / "chief_third.log"))
         exits = {}
@@ -233,7 +240,8 @@ def ps_job(tmp_path_factory):
                 "first": read(str(root / "chief_first.log")), "second": read(str(root / "chief_second.log")),
                 "second_code": second.returncode, "third": read(str(root / "chief_third.log")),
                 "worker_killed_after": worker_killed_after, "killed_after": killed_after,
-                "ps_lost_after": ps_lost_after, "exits": exits}
+                "ps_lost_after": ps_lost_after, "exits": exits, "warm_dir": warm_dir,
+                "warm": read(str(root / "chief_warm.log"))}
     finally:
         for proc in servers.values():
             if proc.poll() is None:
@@ -290,6 +298,24 @@ def test_a_parameter_server_killed_fails_the_job_clearly_and_the_rerun_resumes_w
         (name,) = [n for n in counts_after if n.removeprefix("embedding_") == table]
         counted = counts_after[name] - counts_before[name]
         assert counted.min() >= 0 and counted.sum() >= changed.sum() and np.all(counted[changed] > 0)
+
+
+@pytest.mark.slow
+def test_a_ps_job_warm_starts_from_a_checkpoint_shard_by_shard(ps_job):
+    lost_after = ps_job["ps_lost_after"]
+    previous = os.path.join(ps_job["model_dir"], "checkpoints", f"ckpt-{lost_after}")
+    assert f"warm start from {previous} (continuing at step {lost_after})" in ps_job["warm"]
+    assert f"trained to step {lost_after + 1} (1 steps here" in ps_job["warm"]
+    after = os.path.join(ps_job["warm_dir"], "checkpoints", f"ckpt-{lost_after + 1}")
+    for table, (rows, dim) in TABLES.items():  # two shards each: every shard's rows carried from the checkpoint
+        before, now = table_values(previous, table), table_values(after, table)
+        changed = np.any(before["rows"] != now["rows"], axis=1)
+        assert 0 < changed.sum() <= BATCH
+        trained = before["accumulator"].max(axis=1) > before["accumulator"].min()  # rows the previous job updated
+        for half in (slice(0, rows // 2), slice(rows // 2, rows)):
+            assert (~changed[half] & trained[half]).sum() > rows // 10
+        for name in ("rows", "accumulator", "linear"):
+            np.testing.assert_array_equal(before[name][~changed], now[name][~changed])
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from serving.savedmodel.export import export_model
 from trainer.cli import main
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.training.checkpoints import latest_checkpoint
+from trainer.training.warm_start import field_rows
 
 pytestmark = pytest.mark.slow
 
@@ -180,10 +181,20 @@ def test_spec_changes_keep_what_they_can(changed_run):
     assert "dimension changed (16 -> 8)" in fresh["encoder/tables/music_type"]
     assert fresh["encoder/tables/author_again"] == "its features are new"
     assert "shapes changed" in fresh["item_tower"]  # its sizes changed
-    assert "shapes changed" in fresh["user_tower"]  # one input fewer
+    # one input fewer: the first layer's rows of the other inputs carried, field by field
+    assert carried["user_tower"] == "by input field; inputs dropped: onehot_feat17"
+    assert carried["teacher/experts/0"] == carried["teacher/gates/click"] == (
+        "by input field; new inputs fresh: music_type, author_again; inputs dropped: onehot_feat17, music_type")
     assert fresh["teacher/towers/liked"] == fresh["teacher/gates/liked"] == "not in the previous model"
     assert carried["teacher/towers/click"] == "whole" and carried["similarity"] == "whole"
     assert {"encoder/tables/onehot_feat17", "teacher/towers/like", "teacher/gates/like"} <= set(record["dropped"])
+
+
+def test_input_kernel_rows_are_matched_by_field():
+    now = [("a", 2), ("new", 1), ("c", 3), ("resized", 2)]
+    before = [("c", 3), ("gone", 4), ("a", 2), ("resized", 1)]
+    rows_now, rows_before = field_rows(now, before)
+    assert rows_now.tolist() == [0, 1, 3, 4, 5] and rows_before.tolist() == [7, 8, 0, 1, 2]
 
 
 def test_a_table_whose_ids_change_type_is_refused_naming_the_feature(trained_small, kuairand_heldout, tmp_path,

@@ -42,6 +42,7 @@ from trainer.errors import ConfigError, ModelDirError, SpecIssue
 from trainer.files import read_json, write_json_atomic
 from trainer.models.joint import JointModel
 from trainer.preprocessing.analyze import analyze
+from trainer.preprocessing.extend import extend_preprocessing, extension_summary
 from trainer.preprocessing.fit_definition import mismatches
 from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
 from trainer.spec.loader import as_spec
@@ -75,7 +76,8 @@ class TrainResult:
 
 
 def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refit: bool = False, save: bool = True,
-                         skip_corrupt: bool = False, reuse: str | None = None, log: Log = print) -> Preprocessing:
+                         skip_corrupt: bool = False, reuse: str | None = None, extend: Preprocessing | None = None,
+                         log: Log = print) -> Preprocessing:
     """The job's preprocessing: `reuse`'s, MODEL_DIR's, or a new fit on `data`; saved into MODEL_DIR (`save`).
 
     A fit is reused when it matches the spec table by table (`fit_definition.mismatches`: each vocabulary's
@@ -93,6 +95,8 @@ def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refi
       skip_corrupt: a fit skips corrupt records (logged, and listed in the result's `skipped`).
       reuse: a `prerank analyze` output to train with instead of fitting (`train --preprocessing DIR`): refused,
         naming each table that differs, unless it matches the spec; refused if MODEL_DIR already holds another.
+      extend: a previous model's preprocessing to extend with `data` instead of fitting afresh (a warm start:
+        `trainer.preprocessing.extend`), when MODEL_DIR holds none yet.
       log: where notes go.
     """
     directory = os.path.join(model_dir, PREPROCESSING_DIR)
@@ -113,7 +117,11 @@ def fitted_preprocessing(spec: Spec, data: str | list[str], model_dir: str, refi
             return fitted
         if save:
             log(f"note: {directory} was fitted for another version of the spec; refitting")
-    fitted = analyze(spec, data, skip_corrupt=skip_corrupt)
+    if extend is not None and not refit:
+        fitted = extend_preprocessing(extend, spec, data, skip_corrupt=skip_corrupt)
+        log(f"preprocessing: extending {extend.loaded_from} with {data}:\n{extension_summary(fitted)}")
+    else:
+        fitted = analyze(spec, data, skip_corrupt=skip_corrupt)
     corrupt.report(fitted.skipped, log, "fit: ")
     if save:
         fitted.save(directory)
@@ -203,7 +211,8 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
         fitted.check_matches(spec, t.teacher_dir)
     else:
         fitted = fitted_preprocessing(spec, data, model_dir, refit and not resumed, save=chief,
-                                      skip_corrupt=skip_corrupt, reuse=preprocessing, log=log)
+                                      skip_corrupt=skip_corrupt, reuse=preprocessing,
+                                      extend=carry.previous.preprocessing if carry else None, log=log)
         skipped["fit"] = fitted.skipped
     log(f"preprocessing: {len(fitted.vocabularies)} vocabularies, {len(fitted.stats)} statistics, "
         f"fitted on {fitted.rows} rows")

@@ -144,6 +144,15 @@ class MMoE(tf.keras.layers.Layer):
             out[t] = tf.squeeze(self.towers[t](tf.reduce_sum(stacked * gate[:, :, None], axis=1)), -1)
         return out
 
+    def input_layout(self) -> list[tuple[str, int]]:
+        """The fields every expert's first layer and every gate read concatenated, in order, with their widths."""
+        return [(name, self.field_widths[name]) for name in self.fields]
+
+    def part_input_kernels(self) -> dict[str, list[tf.Variable]]:
+        """Per part (`parts`) the kernels whose rows follow `input_layout`: each expert's first layer, each gate."""
+        return {**{f"experts/{i}": [e.dense[0].kernel] for i, e in enumerate(self.experts)},
+                **{f"gates/{t}": [g.kernel] for t, g in self.gates.items()}}
+
     def parts(self) -> dict[str, tf.keras.layers.Layer]:
         """Its parts by attribute path: each expert, each task's gate and tower, each attention block (what a warm
         start carries whole, or starts fresh, one by one)."""

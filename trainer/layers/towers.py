@@ -37,6 +37,12 @@ class MLPTower(tf.keras.layers.Layer):
     def call(self, fields: list[tf.Tensor]) -> tf.Tensor:
         return self.mlp(tf.concat(fields, axis=-1))
 
+    @property
+    def input_kernel(self) -> tf.Variable:
+        """The kernel whose rows are the concatenated fields' columns, in order (a warm start matches them by
+        field)."""
+        return self.mlp.dense[0].kernel
+
     def get_config(self) -> dict:
         return {**super().get_config(), "num_fields": self.num_fields, "out_dim": self.out_dim, "sizes": self.sizes}
 
@@ -130,6 +136,8 @@ class Tower(tf.keras.layers.Layer):
     def call(self, encoded: dict[str, tf.Tensor], extra: tf.Tensor | None = None) -> tf.Tensor:
         """`extra` ([B, d], e.g. a dual augmented vector) joins the fields after the SENet re-weighting."""
         fields = [encoded[name] for name in self.fields]
+        widths = [int(f.shape[-1]) for f in fields] + ([int(extra.shape[-1])] if extra is not None else [])
+        object.__setattr__(self, "field_widths", widths)  # a plain attribute: Keras would track a list (checkpoints)
         if self.senet is not None:
             fields = self.senet(fields)
         if extra is not None:
@@ -139,6 +147,19 @@ class Tower(tf.keras.layers.Layer):
             return outputs[0]
         weights = tf.nn.softmax(self.fusion)
         return tf.add_n([weights[i] * o for i, o in enumerate(outputs)])
+
+    def input_layout(self) -> list[tuple[str, int]] | None:
+        """The fields its towers read concatenated, in order, with their widths ("augmented vector" for `extra`),
+        once called; None before."""
+        widths = getattr(self, "field_widths", None)
+        if widths is None:
+            return None
+        names = self.fields + ["augmented vector"] * self.extra_fields
+        return list(zip(names, widths))
+
+    def input_kernels(self) -> list[tf.Variable]:
+        """The kernels whose rows follow `input_layout` (towers reading the concatenated fields: mlp)."""
+        return [t.input_kernel for t in self.towers if hasattr(t, "input_kernel")]
 
     def get_config(self) -> dict:
         towers = [{"name": t["name"], "params": dict(t["params"].items())} for t in self.tower_specs]  # unwrapped

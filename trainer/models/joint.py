@@ -294,6 +294,19 @@ class JointModel(tf.keras.Model):
                    "similarity": self.similarity} if self.has_student else {}
         return {**student, **{f"teacher/{path}": part for path, part in self.teacher.parts().items()}}
 
+    def part_inputs(self) -> dict[str, tuple[list[tuple[str, int]], list[tf.Variable]]]:
+        """Per dense part (`dense_parts`) that reads concatenated fields: (the fields in order with their widths,
+        the kernels whose rows follow them). A warm start carries such a kernel field by field when the fields
+        changed (`trainer.training.warm_start`); the model must have been called."""
+        out = {f"teacher/{path}": (self.teacher.input_layout(), kernels)
+               for path, kernels in self.teacher.part_input_kernels().items()}
+        if self.has_student:
+            for name in ("user_tower", "item_tower"):
+                tower = getattr(self, name)
+                if tower.input_layout() is not None and tower.input_kernels():
+                    out[name] = (tower.input_layout(), tower.input_kernels())
+        return out
+
     def table_name(self, layer: EmbeddingTable) -> str:
         """The spec table whose ids index `layer`'s rows (an augmentation table's: its id feature's table)."""
         for name, table in self.encoder.tables.items():

@@ -55,7 +55,7 @@ from trainer.training.layout import HISTORY_FILE, TENSORBOARD_DIR, WORKERS_DIR, 
 from trainer.training.optimizers import create_slots, make_optimizers, route_variables
 from trainer.training.run_record import record_warm_start
 from trainer.training.usage import CHECKPOINT_KEY as USAGE, UsageCounts
-from trainer.training.warm_start import WarmStart, describe
+from trainer.training.warm_start import WarmStart, describe, write_input_layouts
 
 
 @dataclass
@@ -410,6 +410,8 @@ class Loop:
     def run(self) -> LoopResult:
         t = self.training
         resumed_from = None
+        if self.chief and hasattr(self.model, "part_inputs"):  # what a later warm start matches kernels by
+            write_input_layouts(self.model_dir, self.model)
         latest = self.latest_checkpoint
         if self.multi_worker:
             self._check_workers_agree(latest)

@@ -29,6 +29,7 @@ Under parameter servers each table is remapped shard by shard: the rows of one s
 checkpoint (a slice of the saved table, `SavedObjects.read_rows`) and assigned on the server holding it; no
 table is gathered whole on the chief.
 """
+import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,13 +38,14 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.errors import ConfigError, ModelDirError
+from trainer.files import read_json, write_json_atomic
 from trainer.layers.embedding import EmbeddingTable, shards
 from trainer.layers.encoder import IdLookup
 from trainer.models.joint import JointModel
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.spec.types import Spec
 from trainer.training.checkpoints import SavedObjects, latest_checkpoint
-from trainer.training.layout import RUN_FILE, checkpoint_dir, preprocessing_dir
+from trainer.training.layout import INPUTS_FILE, RUN_FILE, checkpoint_dir, preprocessing_dir
 from trainer.training.optimizers import ftrl_linear_holding
 from trainer.training.run_record import read_run_record, recorded_config, spec_content
 from trainer.training.usage import CHECKPOINT_KEY as USAGE
@@ -62,6 +64,7 @@ class PreviousModel:
     preprocessing: Preprocessing
     features: dict[str, dict]  # the recorded spec's features, by name, as written in the spec file
     step: int
+    inputs: dict[str, list[tuple[str, int]]] | None  # its inputs.json (`write_input_layouts`); None: not recorded
 
 
 def open_previous(directory: str) -> PreviousModel:
@@ -76,7 +79,43 @@ def open_previous(directory: str) -> PreviousModel:
     preprocessing = Preprocessing.load(preprocessing_dir(directory, recorded_config(directory)))
     saved = SavedObjects(checkpoint)
     return PreviousModel(directory, checkpoint, saved, preprocessing, record["spec"]["features"],
-                         int(saved.read(STEP_KEY)))
+                         int(saved.read(STEP_KEY)), read_input_layouts(directory))
+
+
+def write_input_layouts(model_dir: str, model: JointModel) -> None:
+    """Write MODEL_DIR/inputs.json: per dense part reading concatenated fields, the fields in order with their
+    widths (`JointModel.part_inputs`), so that a later warm start can carry its kernels field by field."""
+    layouts = {part: [[name, width] for name, width in layout] for part, (layout, _) in model.part_inputs().items()}
+    write_json_atomic(os.path.join(model_dir, INPUTS_FILE), layouts)
+
+
+def read_input_layouts(model_dir: str) -> dict[str, list[tuple[str, int]]] | None:
+    """MODEL_DIR/inputs.json (None when the model predates it); ModelDirError naming the file if damaged."""
+    path = os.path.join(model_dir, INPUTS_FILE)
+    if not os.path.exists(path):
+        return None
+    raw = read_json(path, ModelDirError, "`prerank train`")
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and all(
+            isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) and isinstance(f[1], int) for f in v)
+            for v in raw.values()):
+        raise ModelDirError(f"{path}: expected an object of part -> [[field, width], ...] (what `prerank train` "
+                            f"writes), got {json.dumps(raw)[:80]}; remove it to warm-start without matching inputs "
+                            "by field")
+    return {part: [(name, width) for name, width in fields] for part, fields in raw.items()}
+
+
+def field_rows(now: list[tuple[str, int]], before: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows now, rows before) of the input columns of the fields both layouts hold with the same width."""
+    offsets, start = {}, 0
+    for name, width in before:
+        offsets[name], start = (start, width), start + width
+    rows_now, rows_before, start = [], [], 0
+    for name, width in now:
+        if name in offsets and offsets[name][1] == width:
+            rows_now.extend(range(start, start + width))
+            rows_before.extend(range(offsets[name][0], offsets[name][0] + width))
+        start += width
+    return np.array(rows_now, np.int64), np.array(rows_before, np.int64)
 
 
 @dataclass
@@ -149,29 +188,30 @@ class WarmStart:
             record["carried"][label] = sources[name].how
             record["tables"][label] = outcome
         in_parts = set()
-        for part_path, part in model.dense_parts().items():
+        inputs = model.part_inputs()
+        for key, part in model.dense_parts().items():
             variables = part.trainable_variables
             in_parts.update(id(v) for v in variables)
             if not variables:
                 continue
-            outcome = self._carry_part(paths[id(part)], variables, paths, saved, adagrad)
+            outcome = self._carry_part(key, paths[id(part)], variables, paths, saved, adagrad, inputs)
             label = paths[id(part)].removeprefix("model/")
             if isinstance(outcome, str):
                 record["fresh"][label] = outcome
             else:
-                record["carried"][label] = "whole"
-                read.update(outcome)
+                record["carried"][label], done = outcome
+                read.update(done)
         tables = {id(v) for t in model.embedding_tables for v in t.variables}
         for variable in model.trainable_variables:  # anything else: on its own, by place and shape
             if id(variable) in in_parts or id(variable) in tables:
                 continue
             path = paths[id(variable)]
-            outcome = self._carry_part(path, [variable], paths, saved, adagrad, single=True)
+            outcome = self._carry_variable(path, variable, saved, adagrad)
             if isinstance(outcome, str):
                 record["fresh"][path.removeprefix("model/")] = outcome
             else:
                 record["carried"][path.removeprefix("model/")] = "whole"
-                read.update(outcome)
+                read.add(path)
         record["dropped"] = dropped_parts(saved, read)
         step.assign(record["step"])
         return record
@@ -261,38 +301,70 @@ class WarmStart:
                 "fresh": int((~take).sum())}
 
     # ---- dense parts ----
-    @staticmethod
-    def _carry_part(path: str, variables: list[tf.Variable], paths: dict[int, str], saved: SavedObjects, adagrad,
-                    single: bool = False) -> set[str] | str:
-        """Assign a dense part's variables and AdaGrad slots whole; the saved paths read, or why it starts fresh."""
-        if single:
-            node = saved.node(path)
-            key = saved.value_key(node)
-            if key is None:
-                return "not in the previous model"
-            wanted = {path: variables[0]}
-        else:
-            before = saved.variables_under(path)
-            if not before:
-                return "not in the previous model"
-            wanted = {paths[id(v)]: v for v in variables}
-            mine = {p.removeprefix(path + "/"): list(v.shape) for p, v in wanted.items()}
-            differ = sorted(f"{p}: {before.get(p)} -> {shape}" for p, shape in mine.items() if before.get(p) != shape)
-            differ += sorted(f"{p}: {shape} -> none" for p, shape in before.items() if p not in mine)
-            if differ:
-                return "its shapes changed (" + "; ".join(differ[:4]) + (" ..." if len(differ) > 4 else "") + ")"
-        for variable_path, variable in wanted.items():
-            node = saved.node(variable_path)
-            key = saved.value_key(node)
-            if list(saved.shapes[key]) != list(variable.shape):
-                return f"its shape changed ({saved.shapes[key]} -> {list(variable.shape)})"
-        for variable_path, variable in wanted.items():
-            node = saved.node(variable_path)
-            variable.assign(saved.read(saved.value_key(node)))
+    def _carry_part(self, key: str, path: str, variables: list[tf.Variable], paths: dict[int, str],
+                    saved: SavedObjects, adagrad, inputs: dict) -> tuple[str, set[str]] | str:
+        """Assign a dense part's variables and AdaGrad slots: ("whole" or how its input kernels were matched by
+        field, the saved paths read), or why the part starts fresh.
+
+        A kernel reading the concatenated fields (`JointModel.part_inputs`) whose fields changed is carried field
+        by field when both models recorded their fields (inputs.json): the rows of a field both hold with the same
+        width are carried, a new field's rows start fresh. Every other variable must keep its shape.
+        """
+        before = saved.variables_under(path)
+        if not before:
+            return "not in the previous model"
+        mine = {paths[id(v)].removeprefix(path + "/"): v for v in variables}
+        layout_now, kernels = inputs.get(key, (None, []))
+        layout_before = (self.previous.inputs or {}).get(key)
+        matched = layout_now is not None and layout_before is not None
+        by_field = {rel for rel, v in mine.items() if matched and any(v is k for k in kernels)
+                    and layout_now != layout_before and before.get(rel, [None])[1:] == list(v.shape)[1:]}
+        differ = sorted(f"{rel}: {before.get(rel)} -> {list(v.shape)}" for rel, v in mine.items()
+                        if rel not in by_field and before.get(rel) != list(v.shape))
+        differ += sorted(f"{rel}: {shape} -> none" for rel, shape in before.items() if rel not in mine)
+        if differ:
+            unmatched = "" if matched or not kernels else \
+                " (the previous model recorded no inputs.json: its input kernels could not be matched by field)"
+            return "its shapes changed (" + "; ".join(differ[:4]) + (" ..." if len(differ) > 4 else "") + ")" \
+                + unmatched
+        rows = field_rows(layout_now, layout_before) if by_field else None
+        for rel, variable in mine.items():
+            node = saved.node(f"{path}/{rel}")
+            targets = [(variable, saved.value_key(node))]
             slot_key = saved.slot_key("adagrad", node, "accumulator")
-            if slot_key is not None and "accumulator" in adagrad.get_slot_names():
-                adagrad.get_slot(variable, "accumulator").assign(saved.read(slot_key))
-        return set(wanted)
+            if slot_key is not None:
+                targets.append((adagrad.get_slot(variable, "accumulator"), slot_key))
+            for target, key_ in targets:
+                value = saved.read(key_)
+                if rel in by_field:  # the fields both models read: their rows; a new field's stay fresh
+                    fresh = target.numpy()
+                    fresh[rows[0]] = value[rows[1]]
+                    value = fresh
+                target.assign(value)
+        if not by_field:
+            return "whole", {f"{path}/{rel}" for rel in mine}
+        now, was = dict(layout_now), dict(layout_before)
+        new = [n for n in now if n not in was or was[n] != now[n]]
+        gone = [n for n in was if n not in now or was[n] != now[n]]
+        how = "by input field" + (f"; new inputs fresh: {', '.join(new)}" if new else "") \
+            + (f"; inputs dropped: {', '.join(gone)}" if gone else "")
+        return how, {f"{path}/{rel}" for rel in mine}
+
+    @staticmethod
+    def _carry_variable(path: str, variable: tf.Variable, saved: SavedObjects, adagrad) -> None | str:
+        """Assign one variable outside the dense parts and tables (and its AdaGrad slot) when the previous model
+        saved one at the same place with the same shape; else why it starts fresh."""
+        node = saved.node(path)
+        key = saved.value_key(node)
+        if key is None:
+            return "not in the previous model"
+        if list(saved.shapes[key]) != list(variable.shape):
+            return f"its shape changed ({saved.shapes[key]} -> {list(variable.shape)})"
+        variable.assign(saved.read(key))
+        slot_key = saved.slot_key("adagrad", node, "accumulator")
+        if slot_key is not None:
+            adagrad.get_slot(variable, "accumulator").assign(saved.read(slot_key))
+        return None
 
 
 def object_paths(model: JointModel) -> dict[int, str]:
