@@ -156,7 +156,7 @@ def test_a_warm_started_model_exports_as_the_next_version(trained_small, exporte
     base = tmp_path / "base"
     shutil.copytree(exported.path, base / "1")
     result = export_model(spec, extended_runs[0], str(base), sample_data=kuairand_heldout, measure_unpruned=False,
-                          log=lambda *_: None)
+                          student_only=True, log=lambda *_: None)
     assert result.version == 2
     loaded = tf.saved_model.load(result.path)
     assert "pairwise" in loaded.signatures
@@ -207,4 +207,17 @@ def test_a_table_whose_ids_change_type_is_refused_naming_the_feature(trained_sma
     err = capsys.readouterr().err
     assert code != 0
     assert "features.video_type.dtype" in err and "held string ids" in err and "int64 ids now" in err
-    assert latest_checkpoint(str(tmp_path / "model")) is None
+    assert not os.path.exists(tmp_path / "model")  # refused before the new model directory is written
+
+
+def test_a_previous_model_that_is_not_one_is_refused_naming_it(kuairand_heldout, tmp_path, capsys):
+    for previous, why in ((tmp_path / "nothing", "not a trained model directory (no run.json)"),
+                          (tmp_path / "untrained", "no checkpoint in")):
+        if previous.name == "untrained":
+            previous.mkdir()
+            (previous / "run.json").write_text(json.dumps({"spec": {"features": {}, "labels": {}},
+                                                           "config": {"model": {}, "training": {}}}))
+        code = main(["train", KUAIRAND_SPEC, "--model-dir", str(tmp_path / "model"), "--data", kuairand_heldout,
+                     "--warm-start", str(previous), *RUN, *overrides()])
+        assert code == 2 and f"--warm-start {previous}: {why}" in capsys.readouterr().err
+        assert not os.path.exists(tmp_path / "model")

@@ -48,6 +48,7 @@ from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
 from trainer.spec.loader import as_spec
 from trainer.spec.table_size import oversized_tables
 from trainer.spec.types import Spec
+from trainer.training.checkpoints import latest_checkpoint
 from trainer.training.coordinated import CoordinatedLoop
 from trainer.training.distribution import is_chief, strategy_from_env, uses_parameter_servers
 from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
@@ -196,10 +197,13 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     marker = {IN_SAMPLE_KEY: 1.0} if in_sample else {}
     if preprocessing:
         reusable_preprocessing(preprocessing, spec)  # refused before MODEL_DIR is written
+    # a warm start's previous model is opened (and a table whose ids changed type refused) before MODEL_DIR is written
+    carry, first_step = warm_start_plan(model_dir, spec, warm_start, restart_schedule, log)
     resumed = check_or_record(model_dir, spec, config, record=chief, log=log)
+    if carry is not None and chief:  # where it starts from, at once: a rerun after a kill carries the same
+        record_warm_start(model_dir, {"from": os.path.abspath(carry.previous.directory), "step": first_step})
     if refit and resumed:
         log(f"note: --refit ignored: {model_dir} holds checkpoints trained with its preprocessing")
-    carry, first_step = warm_start_plan(model_dir, spec, warm_start, restart_schedule, resumed, chief, log)
     skipped: dict[str, list[dict]] = {}
     if refit and preprocessing:
         raise ConfigError.single(spec.path, "preprocessing", "refit and a preprocessing to reuse exclude each other")
@@ -286,14 +290,14 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
                        result.resumed_from, result.last_losses, summary.get("validation"), summary, skipped)
 
 
-def warm_start_plan(model_dir: str, spec: Spec, previous: str | None, restart_schedule: bool, resumed: bool,
-                    chief: bool, log: Log = print) -> tuple[WarmStart | None, int]:
+def warm_start_plan(model_dir: str, spec: Spec, previous: str | None, restart_schedule: bool,
+                    log: Log = print) -> tuple[WarmStart | None, int]:
     """(what carries the previous model into MODEL_DIR before its first step, or None; the step the run counts
-    from). A directory with a checkpoint resumes it (its recorded warm start gives the step); a new one warm-started
-    from `previous` (or from the one its run.json names: a rerun after a kill before the first checkpoint) records
-    where it starts from at once."""
+    from). A directory with a checkpoint resumes it (its recorded warm start gives the step); a new one is
+    warm-started from `previous`, or from the model its run.json names (a rerun after a kill before the first
+    checkpoint)."""
     record = warm_start_record(model_dir)
-    if resumed:
+    if latest_checkpoint(model_dir) is not None:
         if previous and (record is None or os.path.abspath(previous) != record["from"]):
             log(f"note: --warm-start {previous} ignored: {model_dir} holds checkpoints, it resumes from its own")
         return None, record["step"] if record else 0
@@ -301,8 +305,6 @@ def warm_start_plan(model_dir: str, spec: Spec, previous: str | None, restart_sc
     if previous is None:
         return None, 0
     carry = WarmStart(previous, spec, restart_schedule)
-    if chief:
-        record_warm_start(model_dir, {"from": os.path.abspath(previous), "step": carry.step})
     return carry, carry.step
 
 

@@ -7,7 +7,8 @@ differ: `RESUMABLE_KEYS`). A directory without a checkpoint holds nothing
 trained with its record (the run failed before its first checkpoint, e.g. on a
 bad learning rate or out of memory): a changed spec or config replaces the
 record, with a note. A run.json that is not a run record is a ModelDirError
-naming it.
+naming it. A warm-started directory's run.json also holds the warm start's record
+(`warm_start`: where it started from, what it carried; `trainer.training.warm_start`).
 """
 import json
 import os
@@ -24,7 +25,7 @@ from trainer.training.layout import RUN_FILE, checkpoint_dir
 
 # Keys that may differ when a model directory is resumed: they change how long or how visibly the
 # job runs, not what is trained.
-RESUMABLE_KEYS = ("training.epochs", "training.max_steps", "training.log_every", "training.checkpoint_every",
+RESUMABLE_KEYS = ("training.epochs", "training.warm_start_epochs", "training.max_steps", "training.log_every", "training.checkpoint_every",
                   "training.keep_checkpoints", "training.eval_every", "training.eval_batches", "training.progress",
                   "training.max_table_gb", "training.steps_per_call", "training.min_shard_mb",
                   "training.cluster_grace_seconds")
