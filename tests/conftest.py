@@ -36,13 +36,15 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
 # scripts/test.sh runs the suite in two pytest-xdist workers with `--dist loadfile`: a module's tests run in one
 # worker, so that its module fixtures are built once (test_service.py's Redis and service among them); the
 # modules known to take longest are handed out first (test_service first: it builds the shared trained model and
-# exports, which test_export waits for; test_model needs none of them) (the workers take modules in collection order), so that no
+# exports, which test_export waits for; test_model and test_input need none of them, so the other worker runs them
+# meanwhile) (the workers take modules in collection order), so that no
 # long one is left for the end (`--no-loadscope-reorder`: otherwise pytest-xdist hands out the modules with the
 # most tests first). (`--dist loadgroup` does not group on pytest 9.2 with pytest-xdist 3.8: the
 # workers never see the option, so tests would run one by one wherever a worker is free.)
-LONGEST_FIRST = ("test_service", "test_model", "test_export", "test_input", "test_parameter_servers", "test_plugins",
-                 "test_training_job", "test_api", "test_quantize", "test_hostile_input", "test_task", "test_evaluation",
-                 "test_synthetic", "test_model_dir_input", "test_kuairand_conversion", "test_serving_input")
+LONGEST_FIRST = ("test_service", "test_model", "test_input", "test_export", "test_api", "test_parameter_servers",
+                 "test_training_job", "test_quantize", "test_plugins", "test_parquet", "test_evaluation", "test_task",
+                 "test_serving_input", "test_kuairand_conversion", "test_model_dir_input", "test_convert",
+                 "test_validation_split", "test_hostile_input", "test_onnx_export", "test_features", "test_synthetic")
 
 
 @pytest.hookimpl(tryfirst=True)
