@@ -41,7 +41,8 @@ SMALL_MODEL_OVERRIDES = ["training.batch_size=256", "training.epochs=1", "traini
 # long one is left for the end (`--no-loadscope-reorder`: otherwise pytest-xdist hands out the modules with the
 # most tests first). (`--dist loadgroup` does not group on pytest 9.2 with pytest-xdist 3.8: the
 # workers never see the option, so tests would run one by one wherever a worker is free.)
-LONGEST_FIRST = ("test_service", "test_model", "test_input", "test_export", "test_api", "test_parameter_servers",
+LONGEST_FIRST = ("test_service", "test_model", "test_input", "test_export", "test_api", "test_warm_start",
+                 "test_parameter_servers",
                  "test_training_job", "test_quantize", "test_plugins", "test_parquet", "test_evaluation", "test_task",
                  "test_serving_input", "test_kuairand_conversion", "test_model_dir_input", "test_convert",
                  "test_validation_split", "test_hostile_input", "test_onnx_export", "test_features", "test_synthetic")
