@@ -17,7 +17,7 @@ from conftest import KUAIRAND_SPEC, SMALL_MODEL_OVERRIDES
 from serving.savedmodel.export import export_model
 from trainer.cli import main
 from trainer.preprocessing.fitted import Preprocessing
-from trainer.training.checkpoints import latest_checkpoint
+from trainer.training.checkpoints import SavedObjects, latest_checkpoint
 from trainer.training.warm_start import field_rows
 
 pytestmark = pytest.mark.slow
@@ -221,3 +221,14 @@ def test_a_previous_model_that_is_not_one_is_refused_naming_it(kuairand_heldout,
                      "--warm-start", str(previous), *RUN, *overrides()])
         assert code == 2 and f"--warm-start {previous}: {why}" in capsys.readouterr().err
         assert not os.path.exists(tmp_path / "model")
+
+
+def test_saved_rows_are_read_slice_by_slice(tmp_path):
+    values = np.arange(300, dtype=np.float32).reshape(100, 3)
+    path = tf.train.Checkpoint(table=tf.Variable(values)).write(str(tmp_path / "ckpt"))
+    saved = SavedObjects(path)
+    key = saved.value_key(saved.node("table"))
+    rows = np.array([99, 0, 5, 50, 5, 61, 62, 98])
+    for gap, span in ((10, 20), (4096, 1 << 20), (0, 1)):
+        np.testing.assert_array_equal(saved.read_rows(key, rows, gap, span), values[rows])
+    assert saved.read_rows(key, np.array([], np.int64)).shape == (0, 3)

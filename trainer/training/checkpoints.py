@@ -169,17 +169,32 @@ class SavedObjects:
         except _UNREADABLE as exc:
             raise _damaged(self.path, exc) from None
 
-    def read_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
-        """Rows `rows` of saved table `key` ([rows, dim]), reading only the span from the first to the last of them
-        (a shard's worth when the rows are a shard's)."""
+    def read_rows(self, key: str, rows: np.ndarray, gap: int = 4096, span: int = 1 << 20) -> np.ndarray:
+        """Rows `rows` of saved table `key` ([rows, dim]), read as slices of the saved table: the rows wanted,
+        sorted, cut where two are more than `gap` rows apart or a slice would pass `span` rows; at most one slice
+        is in memory beside the result (a parameter-server shard's rows never read the whole table at once)."""
         shape = self.shapes[key]
+        out = np.zeros([len(rows), *shape[1:]], self.dtypes[key].as_numpy_dtype)
         if not len(rows):
-            return np.zeros([0, *shape[1:]], self.dtypes[key].as_numpy_dtype)
-        low, high = int(rows.min()), int(rows.max()) + 1
-        spec = " ".join(str(d) for d in shape) + f" {low},{high - low}" + ":-" * (len(shape) - 1)
-        try:
-            span = tf.raw_ops.RestoreV2(prefix=self.path, tensor_names=[key], shape_and_slices=[spec],
-                                        dtypes=[self.dtypes[key]])[0].numpy()
-        except _UNREADABLE as exc:
-            raise _damaged(self.path, exc) from None
-        return span[rows - low]
+            return out
+        wanted = np.unique(rows)
+        cuts = np.flatnonzero(np.diff(wanted) > gap) + 1
+        groups, start = [], 0
+        for end in [*cuts.tolist(), len(wanted)]:
+            group = wanted[start:end]
+            while len(group):  # a run longer than `span` rows: cut it too
+                take = int(np.searchsorted(group, group[0] + span))
+                groups.append(group[:take])
+                group = group[take:]
+            start = end
+        for group in groups:
+            low, high = int(group[0]), int(group[-1]) + 1
+            spec = " ".join(str(d) for d in shape) + f" {low},{high - low}" + ":-" * (len(shape) - 1)
+            try:
+                part = tf.raw_ops.RestoreV2(prefix=self.path, tensor_names=[key], shape_and_slices=[spec],
+                                            dtypes=[self.dtypes[key]])[0].numpy()
+            except _UNREADABLE as exc:
+                raise _damaged(self.path, exc) from None
+            inside = (rows >= low) & (rows < high)
+            out[inside] = part[rows[inside] - low]
+        return out
