@@ -15,9 +15,11 @@ then, before its first step, carries from PREV's latest checkpoint what still fi
   feature): its ids cannot be matched.
 - Dense parts whole (`JointModel.dense_parts`: each student tower, the similarity, each teacher expert, task
   gate, task tower, attention block), with their AdaGrad accumulators, when every variable of the part is
-  saved in PREV at the same place with the same shape and PREV's part has no other variables; otherwise the
-  whole part starts fresh (a tower whose sizes or inputs changed, a new task's gate and tower). Parts of PREV
-  that NEW lacks (a removed task or feature) are dropped.
+  saved in PREV at the same place with the same shape and PREV's part has no other variables. A first layer
+  reading the concatenated fields (`JointModel.part_inputs`) whose fields changed is carried field by field:
+  the rows of the fields both models read (each model directory records them in inputs.json), a new field's
+  rows fresh. Any other change starts the whole part fresh (a tower whose sizes changed, a new task's gate and
+  tower). Parts of PREV that NEW lacks (a removed task or feature) are dropped.
 - The global step (`step`): NEW continues PREV's step count, so the distillation weight's schedule and
   `drop_label_loss_after` continue where PREV left them instead of replaying the ramp from zero (`restart_schedule`
   starts from step 0 instead).
