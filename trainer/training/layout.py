@@ -2,7 +2,7 @@
 
     MODEL_DIR/
       run.json           the spec and config the directory was trained with (`run_record`); a warm start's record
-      inputs.json        the fields each dense part's first layer reads, in order, with their widths (`warm_start`)
+      part_fields.json   the fields each dense part's first layer reads, in order, with their widths (`warm_start`)
       preprocessing/     fitted vocabularies and statistics (a student-mode run reads its teacher's)
       checkpoints/       ckpt-<step>: the model, both optimizers' slots, the step, the input position
       history.jsonl      one JSON object a log line: losses, lambda, learning rates, evaluations
@@ -17,7 +17,7 @@ import os
 from trainer.config.knobs import Config
 
 RUN_FILE = "run.json"
-INPUTS_FILE = "inputs.json"
+PART_FIELDS_FILE = "part_fields.json"
 PREPROCESSING_DIR = "preprocessing"
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_FILE = "history.jsonl"

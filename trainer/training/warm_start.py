@@ -17,7 +17,7 @@ then, before its first step, carries from PREV's latest checkpoint what still fi
   gate, task tower, attention block), with their AdaGrad accumulators, when every variable of the part is
   saved in PREV at the same place with the same shape and PREV's part has no other variables. A first layer
   reading the concatenated fields (`JointModel.part_inputs`) whose fields changed is carried field by field:
-  the rows of the fields both models read (each model directory records them in inputs.json), a new field's
+  the rows of the fields both models read (each model directory records them in part_fields.json), a new field's
   rows fresh. Any other change starts the whole part fresh (a tower whose sizes changed, a new task's gate and
   tower). Parts of PREV that NEW lacks (a removed task or feature) are dropped.
 - The global step (`step`): NEW continues PREV's step count, so the distillation weight's schedule and
@@ -47,7 +47,7 @@ from trainer.models.joint import JointModel
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.spec.types import Spec
 from trainer.training.checkpoints import SavedObjects, latest_checkpoint
-from trainer.training.layout import INPUTS_FILE, RUN_FILE, checkpoint_dir, preprocessing_dir
+from trainer.training.layout import PART_FIELDS_FILE, RUN_FILE, checkpoint_dir, preprocessing_dir
 from trainer.training.optimizers import ftrl_linear_holding
 from trainer.training.run_record import read_run_record, recorded_config, spec_content
 from trainer.training.usage import CHECKPOINT_KEY as USAGE
@@ -66,7 +66,7 @@ class PreviousModel:
     preprocessing: Preprocessing
     features: dict[str, dict]  # the recorded spec's features, by name, as written in the spec file
     step: int
-    inputs: dict[str, list[tuple[str, int]]] | None  # its inputs.json (`write_input_layouts`); None: not recorded
+    inputs: dict[str, list[tuple[str, int]]] | None  # its part_fields.json (`write_input_layouts`); None: not recorded
 
 
 def open_previous(directory: str) -> PreviousModel:
@@ -85,15 +85,15 @@ def open_previous(directory: str) -> PreviousModel:
 
 
 def write_input_layouts(model_dir: str, model: JointModel) -> None:
-    """Write MODEL_DIR/inputs.json: per dense part reading concatenated fields, the fields in order with their
+    """Write MODEL_DIR/part_fields.json: per dense part reading concatenated fields, the fields in order with their
     widths (`JointModel.part_inputs`), so that a later warm start can carry its kernels field by field."""
     layouts = {part: [[name, width] for name, width in layout] for part, (layout, _) in model.part_inputs().items()}
-    write_json_atomic(os.path.join(model_dir, INPUTS_FILE), layouts)
+    write_json_atomic(os.path.join(model_dir, PART_FIELDS_FILE), layouts)
 
 
 def read_input_layouts(model_dir: str) -> dict[str, list[tuple[str, int]]] | None:
-    """MODEL_DIR/inputs.json (None when the model predates it); ModelDirError naming the file if damaged."""
-    path = os.path.join(model_dir, INPUTS_FILE)
+    """MODEL_DIR/part_fields.json (None when the model predates it); ModelDirError naming the file if damaged."""
+    path = os.path.join(model_dir, PART_FIELDS_FILE)
     if not os.path.exists(path):
         return None
     raw = read_json(path, ModelDirError, "`prerank train`")
@@ -309,7 +309,7 @@ class WarmStart:
         field, the saved paths read), or why the part starts fresh.
 
         A kernel reading the concatenated fields (`JointModel.part_inputs`) whose fields changed is carried field
-        by field when both models recorded their fields (inputs.json): the rows of a field both hold with the same
+        by field when both models recorded their fields (part_fields.json): the rows of a field both hold with the same
         width are carried, a new field's rows start fresh. Every other variable must keep its shape.
         """
         before = saved.variables_under(path)
@@ -326,7 +326,7 @@ class WarmStart:
         differ += sorted(f"{rel}: {shape} -> none" for rel, shape in before.items() if rel not in mine)
         if differ:
             unmatched = "" if matched or not kernels else \
-                " (the previous model recorded no inputs.json: its input kernels could not be matched by field)"
+                " (the previous model recorded no part_fields.json: its input kernels could not be matched by field)"
             return "its shapes changed (" + "; ".join(differ[:4]) + (" ..." if len(differ) > 4 else "") + ")" \
                 + unmatched
         rows = field_rows(layout_now, layout_before) if by_field else None
