@@ -15,7 +15,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.data.writers import Column, write_tfrecord
-from trainer.errors import ModelDirError
+from trainer.errors import ConfigError, ModelDirError
 from trainer.preprocessing.analyze import analyze
 from trainer.preprocessing.extend import extend_preprocessing
 from trainer.preprocessing.fitted import FILE_NAME, Preprocessing
@@ -129,12 +129,12 @@ def test_a_lowered_max_size_keeps_the_previous_head_and_counts_what_it_dropped(d
 def test_a_table_whose_dtype_changed_is_refused_naming_it_before_reading_data(days):
     folder, _, _, previous_dir, _ = days
     spec_path = write_spec(folder / "int_tags.yaml", tag_dtype="int64")
-    with pytest.raises(ModelDirError) as info:
+    with pytest.raises(ConfigError) as info:
         extend_preprocessing(Preprocessing.load(previous_dir), load_spec(spec_path), str(folder / "no such file"))
     assert str(info.value) == (
-        f"{previous_dir}/{FILE_NAME}: table 'tag' (features tag) holds string ids, {spec_path} now declares it "
-        "int64: a vocabulary cannot be extended to another dtype; fit it fresh for a new model (`prerank analyze` "
-        "without --extend)")
+        f"{spec_path}: features.tag.dtype: table 'tag' (features tag) held string ids in {previous_dir}/{FILE_NAME} "
+        "and holds int64 ids now: its vocabulary cannot be extended nor its rows carried by id; give the table "
+        "another name (it then starts fresh), or fit a new model (without --extend / --warm-start)")
 
 
 def test_new_tables_and_statistics_are_fitted_and_unchanged_statistics_kept_with_their_drift(days, extended):

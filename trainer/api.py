@@ -53,7 +53,7 @@ from trainer.training.coordinated import CoordinatedLoop
 from trainer.training.distribution import is_chief, strategy_from_env, uses_parameter_servers
 from trainer.training.layout import EVALUATION_FILE, METRICS_FILE, PREPROCESSING_DIR, preprocessing_dir
 from trainer.training.loop import Loop
-from trainer.training.run_record import check_or_record, record_warm_start, warm_start_record
+from trainer.training.run_record import check_or_record, warm_start_record
 from trainer.training.trained import load_trained, restore_teacher, trained_checkpoint
 from trainer.training.warm_start import WarmStart
 
@@ -200,8 +200,6 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
     # a warm start's previous model is opened (and a table whose ids changed type refused) before MODEL_DIR is written
     carry, first_step = warm_start_plan(model_dir, spec, warm_start, restart_schedule, log)
     resumed = check_or_record(model_dir, spec, config, record=chief, log=log)
-    if carry is not None and chief:  # where it starts from, at once: a rerun after a kill carries the same
-        record_warm_start(model_dir, {"from": os.path.abspath(carry.previous.directory), "step": first_step})
     if refit and resumed:
         log(f"note: --refit ignored: {model_dir} holds checkpoints trained with its preprocessing")
     skipped: dict[str, list[dict]] = {}
@@ -250,9 +248,8 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
 
     steps_per_epoch = math.ceil(fitted.rows / t.batch_size) if fitted.rows else None
     loop_class = CoordinatedLoop if uses_parameter_servers(strategy) else Loop
-    warm = carry is not None or first_step > 0 or warm_start_record(model_dir) is not None
     loop = loop_class(spec, config, model_dir, strategy, build_model, data, steps_per_epoch, on_evaluate,
-                      skip_corrupt, carry, first_step, t.warm_start_epochs if warm else None)
+                      skip_corrupt, carry, first_step or 0, t.warm_start_epochs if first_step is not None else None)
     if isinstance(loop, CoordinatedLoop):
         log("parameter servers: " + ", ".join(f"table {name} in {n} shard{'s' if n > 1 else ''}"
                                               for name, n in loop.table_shards().items()))
@@ -291,19 +288,20 @@ def train(spec: Spec | str, config: Config | None, model_dir: str, data: str | l
 
 
 def warm_start_plan(model_dir: str, spec: Spec, previous: str | None, restart_schedule: bool,
-                    log: Log = print) -> tuple[WarmStart | None, int]:
+                    log: Log = print) -> tuple[WarmStart | None, int | None]:
     """(what carries the previous model into MODEL_DIR before its first step, or None; the step the run counts
-    from). A directory with a checkpoint resumes it (its recorded warm start gives the step); a new one is
-    warm-started from `previous`, or from the model its run.json names (a rerun after a kill before the first
-    checkpoint)."""
+    from, None for a run that is not warm-started). A directory with a checkpoint resumes it (its recorded warm
+    start, if any, gives the step); a new one is warm-started from `previous`, or from the model its run.json
+    names (the Loop records it after the carry: a rerun after a kill before the first checkpoint carries the
+    same)."""
     record = warm_start_record(model_dir)
     if latest_checkpoint(model_dir) is not None:
         if previous and (record is None or os.path.abspath(previous) != record["from"]):
             log(f"note: --warm-start {previous} ignored: {model_dir} holds checkpoints, it resumes from its own")
-        return None, record["step"] if record else 0
+        return None, record["step"] if record else None
     previous = previous or (record["from"] if record else None)
     if previous is None:
-        return None, 0
+        return None, None
     carry = WarmStart(previous, spec, restart_schedule)
     return carry, carry.step
 

@@ -150,15 +150,16 @@ class MMoE(tf.keras.layers.Layer):
 
     def part_input_kernels(self) -> dict[str, list[tf.Variable]]:
         """Per part (`parts`) the kernels whose rows follow `input_layout`: each expert's first layer, each gate."""
-        return {**{f"experts/{i}": [e.dense[0].kernel] for i, e in enumerate(self.experts)},
-                **{f"gates/{t}": [g.kernel] for t, g in self.gates.items()}}
+        parts = [f"experts/{i}" for i in range(len(self.experts))] + [f"gates/{t}" for t in self.tasks]
+        return {part: [layer.kernel] for part, layer in zip(parts, self._first_layers())}
 
     def parts(self) -> dict[str, tf.keras.layers.Layer]:
         """Its parts by attribute path: each expert, each task's gate and tower, each attention block (what a warm
         start carries whole, or starts fresh, one by one)."""
-        return {**{f"experts/{i}": e for i, e in enumerate(self.experts)},
-                **{f"gates/{t}": g for t, g in self.gates.items()}, **{f"towers/{t}": t_ for t, t_ in self.towers.items()},
-                **{f"attention/{i}": a for i, a in enumerate(self.attention)}}
+        return {**{f"experts/{i}": expert for i, expert in enumerate(self.experts)},
+                **{f"gates/{task}": gate for task, gate in self.gates.items()},
+                **{f"towers/{task}": tower for task, tower in self.towers.items()},
+                **{f"attention/{i}": block for i, block in enumerate(self.attention)}}
 
     def get_config(self) -> dict:
         return {**super().get_config(), "fields": self.input_fields, "tasks": self.tasks, "experts": self.num_experts,

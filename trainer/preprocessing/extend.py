@@ -14,8 +14,8 @@ being fitted again, so that every row and every first-layer input it carries kee
   The one exception is a `max_size` lowered below the previous vocabulary's size: the previous fit's first
   `max_size` ids are kept (its most frequent ones, and the oldest) and the rest dropped (`dropped`), reading the
   out-of-vocabulary row from then on.
-- A table whose dtype changed cannot be extended (its ids are other values): ModelDirError naming the table, its
-  features and both dtypes; fit it fresh for a new model.
+- A table whose dtype changed cannot be extended (its ids are other values), nor its rows carried by id by a warm
+  start: `check_dtypes` refuses it (ConfigError naming the feature's dtype, the table and both dtypes).
 - A `source: data` table the previous fit lacks is fitted from the new data exactly as `analyze` fits it.
 - A normalisation statistic is kept from the previous fit when its definition (`fit_definition`: the column and
   the steps before the normaliser) is unchanged: the carried dense weights were trained on inputs normalised with
@@ -29,7 +29,7 @@ previous directory and, per table and statistic, what happened (`fitted.TABLE_RE
 import os
 from collections import Counter
 
-from trainer.errors import ModelDirError
+from trainer.errors import ConfigError
 from trainer.preprocessing.analyze import DataCounts, count_data, frequent_ids
 from trainer.preprocessing.fit_definition import definitions, differences, statistic_definition
 from trainer.preprocessing.fitted import FILE_NAME, Preprocessing, normalised_features
@@ -49,7 +49,7 @@ def extend_preprocessing(previous: Preprocessing, spec: Spec, patterns: str | li
       batch_size: rows read per batch.
       skip_corrupt: leave corrupt records out (the result's `skipped` lists them per file) instead of failing.
     """
-    _check_dtypes(previous, spec)  # before reading any data
+    check_dtypes(previous, spec)  # before reading any data
     counted = count_data(spec, patterns, batch_size, skip_corrupt)
     result = Preprocessing(spec.name, spec.fingerprint, counted.rows, skipped=counted.skipped,
                            definitions=definitions(spec))
@@ -78,17 +78,21 @@ def _previous_dtype(previous: Preprocessing, table: str) -> str | None:
     return ("string" if isinstance(ids[0], str) else "int64") if ids else None
 
 
-def _check_dtypes(previous: Preprocessing, spec: Spec) -> None:
+def check_dtypes(previous: Preprocessing, spec: Spec) -> None:
+    """Refuse (ConfigError naming the first feature's dtype) a `source: data` table whose ids changed type since
+    `previous` was fitted: its vocabulary cannot be extended, nor its rows carried by id (a warm start checks it
+    before anything is fitted or built)."""
     for t, table in spec.tables.items():
         if table.vocabulary.source != "data" or t not in previous.vocabularies:
             continue
         before = _previous_dtype(previous, t)
         if before not in (None, table.dtype):
             where = os.path.join(previous.loaded_from, FILE_NAME) if previous.loaded_from else "the previous fit"
-            raise ModelDirError(
-                f"{where}: table '{t}' (features {', '.join(table.features)}) holds {before} ids, {spec.path} now "
-                f"declares it {table.dtype}: a vocabulary cannot be extended to another dtype; fit it fresh for a "
-                f"new model (`prerank analyze` without --extend)")
+            raise ConfigError.single(
+                spec.path, f"features.{table.features[0]}.dtype",
+                f"table '{t}' (features {', '.join(table.features)}) held {before} ids in {where} and holds "
+                f"{table.dtype} ids now: its vocabulary cannot be extended nor its rows carried by id; give the "
+                "table another name (it then starts fresh), or fit a new model (without --extend / --warm-start)")
 
 
 def _table_record(status: str, kept: int, added: int, left_out: list[tuple], dropped: int) -> dict:

@@ -114,6 +114,7 @@ class SavedObjects:
         except _UNREADABLE as exc:
             raise _damaged(path, exc) from None
         self.nodes = list(graph.nodes)
+        self.children = [{c.local_name: c.node_id for c in n.children} for n in self.nodes]  # node -> name -> node
         self.shapes = self.reader.get_variable_to_shape_map()
         self.dtypes = self.reader.get_variable_to_dtype_map()
 
@@ -121,10 +122,9 @@ class SavedObjects:
         """The node of the object at `object_path` ('/'-separated attribute names); None when there is none."""
         node = 0
         for name in object_path.split("/"):
-            children = {c.local_name: c.node_id for c in self.nodes[node].children}
-            if name not in children:
+            node = self.children[node].get(name)
+            if node is None:
                 return None
-            node = children[name]
         return node
 
     def value_key(self, node: int | None) -> str | None:
@@ -156,10 +156,10 @@ class SavedObjects:
             key = self.value_key(current)
             if key is not None:
                 out[prefix] = self.shapes[key]
-            for child in self.nodes[current].children:
-                if child.node_id not in seen:
-                    seen.add(child.node_id)
-                    stack.append((child.node_id, f"{prefix}/{child.local_name}" if prefix else child.local_name))
+            for name, child in self.children[current].items():
+                if child not in seen:
+                    seen.add(child)
+                    stack.append((child, f"{prefix}/{name}" if prefix else name))
         return out
 
     def read(self, key: str) -> np.ndarray:

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from trainer.errors import ConfigError, ModelDirError
+from trainer.errors import ModelDirError
 from trainer.files import read_json, write_json_atomic
 from trainer.layers.embedding import EmbeddingTable, shards
 from trainer.layers.encoder import IdLookup
 from trainer.models.joint import JointModel
+from trainer.preprocessing.extend import check_dtypes
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.spec.types import Spec
 from trainer.training.checkpoints import SavedObjects, latest_checkpoint
@@ -143,28 +144,12 @@ class WarmStart:
         self.spec, self.restart_schedule = spec, restart_schedule
         self.previous = open_previous(previous_dir)
         self.features = spec_content(spec)["features"]  # as written in the spec file, to compare with the previous
-        self._check_id_types()
+        check_dtypes(self.previous.preprocessing, spec)  # ids of another type cannot be matched: refused now
 
     @property
     def step(self) -> int:
         """The step the new model starts from: the previous model's, or 0 with `restart_schedule`."""
         return 0 if self.restart_schedule else self.previous.step
-
-    def _check_id_types(self) -> None:
-        """Refuse (ConfigError naming the feature) a vocabulary table whose ids changed type: its rows cannot be
-        matched by id. Checked when the warm start is set up, before anything is fitted or built."""
-        previous = self.previous
-        for name, table in self.spec.tables.items():
-            if table.vocabulary.source not in ("data", "file"):
-                continue
-            for feature in (f for f in table.features if f in previous.features):
-                before = previous.features[feature].get("dtype") or "int64"
-                if before != table.dtype:
-                    raise ConfigError.single(self.spec.path, f"features.{feature}.dtype",
-                                             f"table '{name}' held {before} ids in --warm-start "
-                                             f"{previous.directory} and holds {table.dtype} ids now: its rows "
-                                             "cannot be matched by id; give the table another name (it then starts "
-                                             "fresh), or train without --warm-start")
 
     def apply(self, model: JointModel, ftrl, adagrad, usage, step: tf.Variable, ftrl_config) -> dict:
         """Assign the carried values to the built model's variables, optimizer slots, usage counts and step; the
@@ -178,15 +163,24 @@ class WarmStart:
         read: set[str] = set()
         sources: dict[str, RowSource | str] = {}
         for layer in [t for t in model.embedding_tables if t.trainable]:
-            name = model.table_name(layer)
-            if name not in sources:
-                sources[name] = self._row_source(model, previous, name, layer)
+            name, path = model.table_name(layer), paths[id(layer)] + "/embeddings"
             label = paths[id(layer)].removeprefix("model/")
-            outcome = self._carry_table(layer, paths[id(layer)], sources[name], saved, ftrl, usage, ftrl_config)
+            key = saved.value_key(saved.node(path))
+            before = saved.shapes[key] if key else None
+            if before is None:
+                outcome = "not in the previous model"
+            elif before[1] != layer.dim:
+                outcome = f"its dimension changed ({before[1]} -> {layer.dim})"
+            else:
+                if name not in sources:
+                    sources[name] = self._row_source(model, name, before[0])
+                outcome = sources[name]
+            if not isinstance(outcome, str):
+                outcome = self._carry_table(layer, path, outcome, saved, ftrl, usage, ftrl_config)
             if isinstance(outcome, str):
                 record["fresh"][label] = outcome
                 continue
-            read.add(paths[id(layer)] + "/embeddings")
+            read.add(path)
             record["carried"][label] = sources[name].how
             record["tables"][label] = outcome
         in_parts = set()
@@ -219,58 +213,49 @@ class WarmStart:
         return record
 
     # ---- tables ----
-    def _row_source(self, model: JointModel, previous: PreviousModel, name: str,
-                    layer: EmbeddingTable) -> RowSource | str:
-        """Where table `name`'s rows come from in the previous model, or why it starts fresh."""
-        table = self.spec.tables[name]
-        now = self.features
+    def _row_source(self, model: JointModel, name: str, previous_rows: int) -> RowSource | str:
+        """Where the rows of table `name` (`previous_rows` rows in the previous model) come from, or why it starts
+        fresh."""
+        table, previous = self.spec.tables[name], self.previous
         shared = [f for f in table.features if f in previous.features]
         if not shared:
             return "its features are new"
-        source = table.vocabulary.source
-        if source == "data":
+        if table.vocabulary.source == "data":
             if name not in previous.preprocessing.vocabularies:
                 return "the previous table was not a fitted vocabulary"
-            return self._by_id(model, previous, name)
+            return self._by_id(model.encoder.lookups[name], previous.preprocessing.vocabularies[name], previous_rows)
         declared = ("vocabulary", "transform")
-        changed = [f for f in shared if any(now[f].get(k) != previous.features[f].get(k) for k in declared)]
+        changed = [f for f in shared if any(self.features[f].get(k) != previous.features[f].get(k) for k in declared)]
         if changed:
             return f"the vocabulary or transform of {', '.join(changed)} changed"
-        return RowSource(np.arange(layer.num_rows, dtype=np.int64), np.zeros(layer.num_rows, bool), "row by row")
+        rows = model.encoder.tables[name].num_rows
+        if rows != previous_rows:
+            return f"its row count changed ({previous_rows} -> {rows})"
+        return RowSource(np.arange(rows, dtype=np.int64), np.zeros(rows, bool), "row by row")
 
-    def _by_id(self, model: JointModel, previous: PreviousModel, name: str) -> RowSource:
-        lookup = model.encoder.lookups[name]
-        before = previous.preprocessing.vocabularies[name]
-        key = previous.saved.value_key(previous.saved.node(f"model/encoder/tables/{name}/embeddings"))
-        before_oov = previous.saved.shapes[key][0] - len(before) if key else lookup.oov_buckets
-        oov = lookup.oov_buckets
+    @staticmethod
+    def _by_id(lookup: IdLookup, before: list, previous_rows: int) -> RowSource:
+        """Rows by id: each id of `lookup`'s vocabulary from the row the previous lookup (vocabulary `before`, its
+        OOV rows the rest of `previous_rows`: at least one, the spec's rule) gave it: its own, or for a new id the
+        OOV row it read; the OOV rows by position when their number is unchanged."""
+        oov, before_oov = lookup.oov_buckets, previous_rows - len(before)
         rows = np.full(lookup.rows, -1, np.int64)
         new_ids = np.zeros(lookup.rows, bool)
         if before_oov == oov:
             rows[:oov] = np.arange(oov)
-        if lookup.vocabulary and before_oov > 0:
-            ids = tf.constant(lookup.vocabulary, tf.string if self.spec.tables[name].dtype == "string" else tf.int64)
-            old = IdLookup(self.spec.tables[name].dtype, before, before_oov)(ids).numpy().astype(np.int64)
+        if lookup.vocabulary:
+            ids = tf.constant(lookup.vocabulary, tf.string if lookup.dtype_name == "string" else tf.int64)
+            old = IdLookup(lookup.dtype_name, before, before_oov)(ids).numpy().astype(np.int64)
             rows[oov:] = old
             new_ids[oov:] = old < before_oov
-        elif lookup.vocabulary:  # no OOV row before: the new ids start fresh
-            known = {v: i for i, v in enumerate(before)}
-            rows[oov:] = [known.get(v, -1) for v in lookup.vocabulary]
         return RowSource(rows, new_ids, "by id")
 
-    def _carry_table(self, layer: EmbeddingTable, path: str, source: RowSource | str, saved: SavedObjects, ftrl,
-                     usage, ftrl_config) -> dict | str:
-        """Assign one table's carried rows, shard by shard, with their FTRL slots and usage counts; the counts of
-        rows carried, or why the table starts fresh."""
-        if isinstance(source, str):
-            return source
-        node = saved.node(path + "/embeddings")
+    def _carry_table(self, layer: EmbeddingTable, path: str, source: RowSource, saved: SavedObjects, ftrl,
+                     usage, ftrl_config) -> dict:
+        """Assign one table's carried rows (its saved variable at `path`), shard by shard, with their FTRL slots
+        and usage counts; the counts of rows carried."""
+        node = saved.node(path)
         key = saved.value_key(node)
-        if key is None:
-            return "not in the previous model"
-        before = saved.shapes[key]
-        if before[1] != layer.dim:
-            return f"its dimension changed ({before[1]} -> {layer.dim})"
         slots = {slot: saved.slot_key("ftrl", node, slot) for slot in ("accumulator", "linear")}
         take = source.rows >= 0
         known = take & ~source.new_ids
