@@ -16,10 +16,11 @@ import tensorflow as tf
 from conftest import KUAIRAND_SPEC, SMALL_MODEL_OVERRIDES
 from serving.savedmodel.export import export_model
 from trainer.cli import main
+from trainer.errors import ModelDirError
 from trainer.preprocessing.fitted import Preprocessing
 from trainer.training.checkpoints import SavedObjects, latest_checkpoint
-from trainer.training.run_record import recorded_config
-from trainer.training.warm_start import field_rows
+from trainer.training.run_record import recorded_config, warm_start_record
+from trainer.training.warm_start import field_rows, read_input_layouts
 
 pytestmark = pytest.mark.slow
 
@@ -234,3 +235,14 @@ def test_saved_rows_are_read_slice_by_slice(tmp_path):
     for gap, span in ((10, 20), (4096, 1 << 20), (0, 1)):
         np.testing.assert_array_equal(saved.read_rows(key, rows, gap, span), values[rows])
     assert saved.read_rows(key, np.array([], np.int64)).shape == (0, 3)
+
+
+def test_a_damaged_warm_start_record_or_part_fields_file_is_refused_naming_it(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"spec": {"features": {}, "labels": {}},
+                                                   "config": {"model": {}, "training": {}},
+                                                   "warm_start": {"from": "x", "step": "12"}}))
+    with pytest.raises(ModelDirError, match=r"run.json: 'warm_start' is not a warm-start record .*\"step\": \"12\""):
+        warm_start_record(str(tmp_path))
+    (tmp_path / "part_fields.json").write_text(json.dumps({"user_tower": [["user_id", "16"]]}))
+    with pytest.raises(ModelDirError, match=r"part_fields.json: expected an object of part -> \[\[field, width\]"):
+        read_input_layouts(str(tmp_path))
